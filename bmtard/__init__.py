@@ -1,0 +1,1 @@
+"""B-MTARD: Balanced Multi-Teacher Adversarial Robustness Distillation, library and pipeline."""

@@ -1,0 +1,17 @@
+"""Errors that are the user's to fix: stage scripts print them as one line, without a traceback."""
+
+
+class BmtardError(Exception):
+    """A problem with the user's input (parameters, files, data), explained in one line."""
+
+
+class ParamsError(BmtardError, ValueError):
+    """A parameter is unknown, of the wrong type or out of range."""
+
+
+class DataError(BmtardError):
+    """The data cannot be found, downloaded or read."""
+
+
+class CheckpointError(BmtardError):
+    """A checkpoint is missing, unreadable or does not fit the architecture."""

@@ -1,0 +1,14 @@
+"""Training methods: how one batch becomes a loss. The loop (``bmtard.train``) owns the optimizer,
+schedule, epochs and logging; a method owns its attack, its loss and its own state.
+
+Every method has
+  ``batch_loss(model, x, y, rate_factor) -> (loss, logs)``: x (B, C, H, W) in [0, 1], y (B,);
+      ``rate_factor`` is the schedule's decay in force (B-MTARD decays its balance rates with
+      the lr);
+      logs are per-batch floats averaged over the epoch by the loop;
+  ``status() -> dict[str, float]``: state worth logging at the end of an epoch;
+  ``state_dict() -> dict``: what a checkpoint must keep to resume.
+
+Import a method from its own module (``bmtard.methods.b_mtard``, ...), so that a stage depends
+only on the code it runs.
+"""

@@ -1,0 +1,91 @@
+"""Adversarial training of the robust teacher: PGD-AT (Madry et al.) and TRADES (Zhang et al.)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bmtard.attacks.pgd import pgd, pgd_ce
+from bmtard.config import TrainAttackConfig
+
+
+@dataclass
+class PGDAT:
+    """Cross-entropy on PGD-CE examples crafted with the model in eval mode (BN frozen)."""
+
+    attack: TrainAttackConfig
+
+    def batch_loss(
+        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
+    ) -> tuple[Tensor, dict[str, float]]:
+        a = self.attack
+        model.eval()
+        x_adv = pgd_ce(
+            model, x, y, eps=a.eps / 255, step_size=a.step_size / 255, steps=a.steps, init=a.init
+        )
+        model.train()
+        logits = model(x_adv)
+        loss = F.cross_entropy(logits, y)
+        acc = 100 * (logits.argmax(1) == y).float().mean()  # %
+        return loss, {"loss": loss.item(), "train_adv_acc": acc.item()}
+
+    def status(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+@dataclass
+class TRADES:
+    """CE(f(x), y) + beta * KL(f(x) || f(x_adv)) / B; x_adv maximises that KL (eval mode while
+    crafting, 0.001-Gaussian start by default, as the TRADES code)."""
+
+    attack: TrainAttackConfig
+    beta: float
+
+    def batch_loss(
+        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
+    ) -> tuple[Tensor, dict[str, float]]:
+        a = self.attack
+        model.eval()
+        with torch.no_grad():
+            p_clean = F.softmax(model(x), dim=1)
+
+        def kl_sum(logits: Tensor) -> Tensor:
+            return F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="sum")
+
+        x_adv = pgd(
+            model,
+            x,
+            kl_sum,
+            eps=a.eps / 255,
+            step_size=a.step_size / 255,
+            steps=a.steps,
+            init=a.init,
+        )
+        model.train()
+        logits = model(x)
+        logits_adv = model(x_adv)
+        natural = F.cross_entropy(logits, y)
+        robust = (
+            F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="sum")
+            / x.shape[0]
+        )
+        loss = natural + self.beta * robust
+        acc = 100 * (logits.argmax(1) == y).float().mean()  # %
+        return loss, {
+            "loss": loss.item(),
+            "loss_natural": natural.item(),
+            "loss_robust": robust.item(),
+            "train_acc": acc.item(),
+        }
+
+    def status(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}

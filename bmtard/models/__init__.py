@@ -1,0 +1,46 @@
+"""CIFAR classifiers by name.
+
+Every model takes a float tensor (N, 3, 32, 32) with values in [0, 1] (there is no normalization
+layer inside) and returns logits (N, num_classes). ``width`` scales every channel count (rounded,
+at least 1); ``width=1.0`` gives exactly the reference architecture and state_dict keys/shapes, so
+published checkpoints load.
+"""
+
+import math
+import numbers
+from collections.abc import Callable
+
+from torch import nn
+
+from bmtard.models.mobilenet_v2 import MobileNetV2
+from bmtard.models.preact_resnet import PreActResNet18
+from bmtard.models.resnet import ResNet18
+from bmtard.models.resnet_cifar import CifarResNet
+from bmtard.models.wideresnet import WideResNet
+
+__all__ = ["ARCHS", "build_model"]
+
+_REGISTRY: dict[str, Callable[[int, float], nn.Module]] = {
+    "resnet18": lambda c, w: ResNet18(num_classes=c, width=w),
+    "preact_resnet18": lambda c, w: PreActResNet18(num_classes=c, width=w),
+    "mobilenet_v2": lambda c, w: MobileNetV2(num_classes=c, width=w),
+    "resnet56": lambda c, w: CifarResNet(num_classes=c, width=w, blocks_per_stage=9),
+    "wrn34_10": lambda c, w: WideResNet(depth=34, num_classes=c, widen_factor=10, width=w),
+}
+
+ARCHS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def build_model(arch: str, num_classes: int = 10, width: float = 1.0) -> nn.Module:
+    """Build ``arch`` (one of ``ARCHS``) with fresh weights: input (N, 3, 32, 32) in [0, 1],
+    output logits (N, num_classes). Raises ValueError for an unknown arch, a num_classes below 1
+    or a width that is not a finite number > 0."""
+    if not isinstance(arch, str) or arch not in _REGISTRY:
+        raise ValueError(f"unknown arch {arch!r}: allowed are {', '.join(ARCHS)}")
+    integral = isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool)
+    if not integral or num_classes < 1:
+        raise ValueError(f"num_classes = {num_classes!r}: must be an integer >= 1")
+    ok = isinstance(width, numbers.Real) and not isinstance(width, bool)
+    if not ok or not math.isfinite(width) or width <= 0:
+        raise ValueError(f"width = {width!r}: must be a finite number > 0")
+    return _REGISTRY[arch](int(num_classes), float(width))

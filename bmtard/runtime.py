@@ -1,0 +1,38 @@
+"""Device choice, seeding and thread settings for one process."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from bmtard.config import RunConfig
+from bmtard.errors import ParamsError
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; 'cuda'/'cuda:N' must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ParamsError(f"run.device = {name!r}: no CUDA device here; use 'auto' or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise ParamsError(f"run.device = {name!r}: only {n} CUDA device(s) here")
+    return dev
+
+
+def setup(run: RunConfig) -> torch.device:
+    """Seed every RNG, set determinism and threads as ``run`` says; return the device."""
+    if run.num_threads:
+        torch.set_num_threads(run.num_threads)
+    random.seed(run.seed)
+    np.random.seed(run.seed)
+    torch.manual_seed(run.seed)  # also seeds every CUDA device
+    torch.backends.cudnn.deterministic = run.deterministic
+    if run.deterministic:
+        torch.backends.cudnn.benchmark = False
+    return resolve_device(run.device)
