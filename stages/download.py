@@ -1,0 +1,20 @@
+"""Stage download: CIFAR train/test splits as compact .npz files plus a manifest (params: data)."""
+
+from pathlib import Path
+
+from bmtard.cli import run_stage
+from bmtard.datasets import prepare
+from bmtard.io import write_json
+
+
+def add_arguments(p):
+    p.add_argument("--out", required=True, help="folder for train.npz, test.npz, manifest.json")
+
+
+def main(params, args):
+    manifest = prepare(params.data, args.out)
+    write_json(Path(args.out) / "manifest.json", manifest)
+
+
+if __name__ == "__main__":
+    run_stage(__doc__, add_arguments, main)

@@ -1,0 +1,34 @@
+"""Stage evaluate: the attack protocol on the student, and a check of both teachers
+(params: run, evaluate)."""
+
+from bmtard import runtime
+from bmtard.cli import run_stage
+from bmtard.evaluate import evaluate_pipeline
+
+
+def add_arguments(p):
+    p.add_argument("--data", required=True, help="folder written by the download stage")
+    p.add_argument("--student", required=True, help="student checkpoint")
+    p.add_argument("--clean-teacher", required=True, help="clean teacher checkpoint")
+    p.add_argument("--robust-teacher", required=True, help="robust teacher checkpoint")
+    p.add_argument("--metrics", required=True, help="metrics JSON to write (accuracies in %%)")
+    p.add_argument("--card", required=True, help="model card JSON to write next to the student")
+
+
+def main(params, args):
+    device = runtime.setup(params.run)
+    evaluate_pipeline(
+        params.evaluate,
+        params.run.seed,
+        device,
+        data_dir=args.data,
+        student=args.student,
+        clean_teacher=args.clean_teacher,
+        robust_teacher=args.robust_teacher,
+        metrics=args.metrics,
+        card=args.card,
+    )
+
+
+if __name__ == "__main__":
+    run_stage(__doc__, add_arguments, main)
