@@ -19,8 +19,8 @@ from bmtard.datasets import Split
 
 
 def to_tensor(images: Tensor) -> Tensor:
-    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [0, 1]."""
-    return images.permute(0, 3, 1, 2).float().div_(255)
+    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [0, 1], contiguous (NCHW memory order)."""
+    return images.permute(0, 3, 1, 2).contiguous().float().div_(255)
 
 
 def random_crop_flip(x: Tensor, pad: int, gen: torch.Generator) -> Tensor:

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
 
 from bmtard.config import ARCHS, Params, load_params, parse_params, to_dict
 from bmtard.errors import ParamsError
+
+from conftest import ROOT
 
 FILES = [ROOT / "params.yaml", ROOT / "presets" / "quick.yaml"]
 

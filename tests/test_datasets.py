@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_sample
 from torchvision import datasets as tvd
 
 from bmtard.config import DataConfig
 from bmtard.datasets import balanced_indices, load_split, prepare
 from bmtard.errors import DataError
+
+from conftest import require_sample
 
 
 def write_fake_cifar10(root: Path, per_batch: int = 20) -> Path:

@@ -13,7 +13,7 @@ def test_to_tensor_layout_and_range():
     img = np.zeros((1, 2, 2, 3), np.uint8)
     img[0, 0, 1] = [255, 0, 51]
     x = to_tensor(torch.from_numpy(img))
-    assert x.shape == (1, 3, 2, 2) and x.dtype == torch.float32
+    assert x.shape == (1, 3, 2, 2) and x.dtype == torch.float32 and x.is_contiguous()
     assert x[0, :, 0, 1].tolist() == pytest.approx([1.0, 0.0, 0.2])
 
 

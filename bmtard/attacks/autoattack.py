@@ -52,7 +52,7 @@ def autoattack(
     )
     aa.logger = logging.getLogger("auto-attack")
     x_adv, _ = aa.run_standard_evaluation(
-        x,
+        x.contiguous(),  # the reference code uses .view() on gradients shaped like x
         y,
         batch_size=batch_size or len(y),
         state_path=Path(state_path) if state_path is not None else None,

@@ -1,0 +1,118 @@
+"""Helpers for tests that run the pipeline in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import LOSSLESS, ROOT
+
+BIN = Path(sys.executable).parent
+
+# The quick preset made smaller still, so that each engine runs the whole DAG in well under a
+# minute on 2 CPU cores. Values are (dotted key, value) over presets/quick.yaml.
+TINY = {
+    "run.num_threads": 2,
+    "data.train_limit": 100,
+    "data.test_limit": 40,
+    "clean_teacher.width": 0.125,
+    "clean_teacher.optim.epochs": 1,
+    "robust_teacher.width": 0.05,
+    "robust_teacher.optim.epochs": 1,
+    "robust_teacher.attack.steps": 2,
+    "robust_teacher.monitor.n_images": 20,
+    "distill.width": 0.0625,
+    "distill.optim.epochs": 1,
+    "distill.attack.steps": 2,
+    "distill.monitor.n_images": 20,
+    "evaluate.n_images": 20,
+    "evaluate.batch_size": 20,
+    "evaluate.teacher_n_images": 20,
+}
+
+
+def set_key(params: dict, dotted: str, value) -> None:
+    node = params
+    *parents, last = dotted.split(".")
+    for k in parents:
+        node = node[k]
+    if last not in node:
+        raise KeyError(dotted)
+    node[last] = value
+
+
+def project_files() -> list[str]:
+    """Files git tracks plus untracked ones it does not ignore (the working tree as committed)."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    return [f for f in out if (ROOT / f).is_file()]
+
+
+def copy_project(dest: Path, overrides: dict | None = None) -> Path:
+    """Copy the project to ``dest`` with a tiny params.yaml on the offline sample, as a new git
+    repository with one commit (DVC needs git)."""
+    for rel in project_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+    params = yaml.safe_load((ROOT / "presets" / "quick.yaml").read_text())
+    set_key(params, "data.local_root", str(LOSSLESS))
+    for key, value in {**TINY, **(overrides or {})}.items():
+        set_key(params, key, value)
+    write_params(dest, params)
+    git(dest, "init", "-q")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "test copy")
+    return dest
+
+
+def write_params(repo: Path, params: dict) -> None:
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def read_params(repo: Path) -> dict:
+    return yaml.safe_load((repo / "params.yaml").read_text())
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
+    e["GIT_AUTHOR_NAME"] = e["GIT_COMMITTER_NAME"] = "test"
+    e["GIT_AUTHOR_EMAIL"] = e["GIT_COMMITTER_EMAIL"] = "test@example.invalid"
+    e["DVC_NO_ANALYTICS"] = "1"
+    e.pop("PYTHONPATH", None)
+    return e
+
+
+def run(repo: Path, *cmd: str, check: bool = True, timeout: int = 600):
+    proc = subprocess.run(
+        list(cmd), cwd=repo, env=env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+            f"{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def git(repo: Path, *args: str):
+    return run(repo, "git", *args)
+
+
+def dvc_ran(output: str) -> list[str]:
+    """Stages that `dvc repro` / `dvc exp run` ran, in order."""
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def snakemake_ran(output: str) -> list[str]:
+    """Rules that a snakemake run finished (without the `all` target)."""
+    return [r for r in re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output) if r != "all"]

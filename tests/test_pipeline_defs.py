@@ -1,0 +1,153 @@
+"""dvc.yaml and the Snakefile describe the same DAG, and each stage declares exactly its code."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from bmtard.config import Params, to_dict
+from conftest import ROOT
+from pipeline_helpers import BIN, copy_project, run
+
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+STAGES = list(DVC)
+CODE = re.compile(r"^(bmtard|stages)/.*\.py$")
+
+
+def outputs(stage: dict) -> list[str]:
+    paths = []
+    for kind in ("outs", "metrics", "plots"):
+        for entry in stage.get(kind, []):
+            paths.extend(entry if isinstance(entry, dict) else [entry])
+    return paths
+
+
+def test_the_five_stages_in_order():
+    assert STAGES == [
+        "download", "train_clean_teacher", "train_robust_teacher", "distill", "evaluate"
+    ]
+
+
+def imported_code(module: str) -> set[str]:
+    """bmtard/stages files that importing ``module`` loads (run in a fresh interpreter)."""
+    code = (
+        "import importlib, os, sys\n"
+        f"importlib.import_module({module!r})\n"
+        "for m in list(sys.modules.values()):\n"
+        "    f = getattr(m, '__file__', None)\n"
+        "    if f and m.__name__.split('.')[0] in ('bmtard', 'stages'):\n"
+        "        print(os.path.relpath(f))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return set(out.split())
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_code_deps_are_exactly_the_code_the_stage_imports(name):
+    stage = DVC[name]
+    module = re.search(r"python -m (\S+)", stage["cmd"]).group(1)
+    declared = {d for d in stage["deps"] if CODE.match(d)}
+    imported = imported_code(module)
+    assert imported - declared == set(), f"{name}: add these to deps in dvc.yaml"
+    assert declared - imported == set(), f"{name}: these deps are not code it runs"
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_data_paths_in_deps_and_outs_are_the_ones_the_command_names(name):
+    stage = DVC[name]
+    cmd = stage["cmd"]
+    for path in [d for d in stage["deps"] if not CODE.match(d)] + outputs(stage):
+        folder = path.split("/")[0]
+        assert path in cmd or f" {folder} " in f"{cmd} " or path.startswith(folder + "/"), path
+    for out in outputs(stage):
+        # every output is named by the command, directly or through its folder argument
+        assert out in cmd or out.rsplit("/", 1)[0] in cmd or (name == "download"), out
+
+
+def test_params_sections_exist_and_stages_read_only_their_own():
+    sections = set(to_dict(Params()))
+    own = {"download": {"data"}, "train_clean_teacher": {"run", "clean_teacher"},
+           "train_robust_teacher": {"run", "robust_teacher"}, "distill": {"run", "distill"},
+           "evaluate": {"run", "evaluate"}}
+    for name, stage in DVC.items():
+        assert set(stage["params"]) <= sections
+        assert set(stage["params"]) == own[name], name
+
+
+def test_gpu_stages_are_marked():
+    gpu = {n for n, s in DVC.items() if s.get("meta", {}).get("gpu")}
+    assert gpu == {"train_clean_teacher", "train_robust_teacher", "distill", "evaluate"}
+
+
+def test_no_output_is_declared_twice_and_every_dep_has_a_producer_or_exists():
+    outs = [o for s in DVC.values() for o in outputs(s)]
+    assert len(outs) == len(set(outs))
+    for stage in DVC.values():
+        for dep in stage["deps"]:
+            assert dep in outs or (ROOT / dep).is_file(), dep
+
+
+def test_conda_env_pins_match_requirements():
+    req = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", line)
+        if m:
+            req[m.group(1).lower()] = m.group(2)
+    env = yaml.safe_load((ROOT / "envs" / "bmtard.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    for pin in pip:
+        name, version = pin.split("==")
+        assert req.get(name.lower()) == version, pin
+
+
+@pytest.fixture(scope="module")
+def snake_copy(tmp_path_factory):
+    return copy_project(tmp_path_factory.mktemp("defs"))
+
+
+def test_snakemake_rules_equal_dvc_stages(snake_copy):
+    """`snakemake -D` lists every output with its rule, inputs and command: they must be the
+    stage's outs, deps and cmd from dvc.yaml."""
+    proc = run(snake_copy, str(BIN / "snakemake"), "-D", "--cores", "1")
+    rows = list(csv.DictReader(io.StringIO(proc.stdout), delimiter="\t"))
+    by_rule: dict[str, dict] = {}
+    for row in rows:
+        r = by_rule.setdefault(row["rule"], {"outs": set(), "inputs": None, "cmd": None})
+        r["outs"].add(row["output_file"])
+        r["inputs"] = set(row["input-file(s)"].split(","))
+        r["cmd"] = row["shellcmd"]
+    assert set(by_rule) == set(STAGES)
+    for name, stage in DVC.items():
+        rule = by_rule[name]
+        assert rule["outs"] == set(outputs(stage)), name
+        assert rule["inputs"] == set(stage["deps"]), name
+        assert rule["cmd"] == f"{' '.join(stage['cmd'].split())} > logs/{name}.log 2>&1", name
+
+
+def test_snakemake_lint_and_format_are_clean(snake_copy):
+    lint = run(snake_copy, str(BIN / "snakemake"), "--lint", check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = run(snake_copy, str(BIN / "snakefmt"), "--check", "Snakefile", check=False)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_dag_edges_agree(snake_copy):
+    """`dvc dag --dot` and `snakemake --rulegraph` have the same stage-to-stage edges."""
+    dot = run(snake_copy, str(BIN / "dvc"), "dag", "--dot").stdout
+    dvc_edges = set(re.findall(r'"(\w+)"\s*->\s*"(\w+)"', dot))
+    graph = run(snake_copy, str(BIN / "snakemake"), "--rulegraph", "--cores", "1").stdout
+    labels = dict(re.findall(r"\t(\d+)\[label = \"(\w+)\"", graph))
+    snake_edges = {
+        (labels[a], labels[b]) for a, b in re.findall(r"\t(\d+) -> (\d+)", graph)
+        if labels[b] != "all"
+    }
+    assert dvc_edges == snake_edges
+    assert ("train_robust_teacher", "distill") in dvc_edges
