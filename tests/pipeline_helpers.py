@@ -51,7 +51,10 @@ def project_files() -> list[str]:
     """Files git tracks plus untracked ones it does not ignore (the working tree as committed)."""
     out = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     return [f for f in out if (ROOT / f).is_file()]
 
@@ -69,6 +72,8 @@ def copy_project(dest: Path, overrides: dict | None = None) -> Path:
         set_key(params, key, value)
     write_params(dest, params)
     git(dest, "init", "-q")
+    git(dest, "config", "user.name", "test")  # DVC experiments commit; CI may have no identity
+    git(dest, "config", "user.email", "test@example.invalid")
     git(dest, "add", "-A")
     git(dest, "commit", "-qm", "test copy")
     return dest

@@ -1,0 +1,210 @@
+"""The whole pipeline through DVC and through Snakemake, in temporary copies of the repository.
+
+A tiny variant of the quick preset (tests/pipeline_helpers.py: TINY) keeps each full run short.
+Checked: both engines produce every declared output and the same metrics; a second run does
+nothing; a distill-only change reruns distill and evaluate only; a robust-teacher change reruns
+that teacher, distill and evaluate; results can be handed from one engine to the other.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import ROOT, require_sample
+from pipeline_helpers import (
+    BIN,
+    copy_project,
+    dvc_ran,
+    git,
+    read_params,
+    run,
+    set_key,
+    snakemake_ran,
+    write_params,
+)
+
+pytestmark = pytest.mark.slow
+
+DVC = str(BIN / "dvc")
+SNAKEMAKE = [str(BIN / "snakemake"), "--cores", "4", "--resources", "gpu=1"]
+STAGES = ["download", "train_clean_teacher", "train_robust_teacher", "distill", "evaluate"]
+DECLARED = [
+    o
+    for s in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values()
+    for kind in ("outs", "metrics", "plots")
+    for e in s.get(kind, [])
+    for o in (e if isinstance(e, dict) else [e])
+]
+ATTACKS = ["clean", "fgsm", "pgd_sat", "pgd_trades", "cw_inf", "autoattack"]
+
+
+def change(repo, key, value):
+    params = read_params(repo)
+    set_key(params, key, value)
+    write_params(repo, params)
+
+
+def check_outputs(repo):
+    for out in DECLARED:
+        assert (repo / out).exists(), out
+    metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert list(metrics["accuracy"]) == ATTACKS
+    for name, acc in metrics["accuracy"].items():
+        assert 0.0 <= acc <= 100.0, name
+    for a in ATTACKS[1:]:
+        wr = metrics["weighted_robust"][a]
+        assert wr == pytest.approx((metrics["accuracy"]["clean"] + metrics["accuracy"][a]) / 2)
+    assert set(metrics["teachers"]) == {"clean", "robust"}
+    assert set(metrics["teachers"]["robust"]) == {"clean", "pgd_trades"}
+    card = json.loads((repo / "models" / "student.card.json").read_text())
+    assert card["model"]["arch"] == "resnet18" and card["protocol"]["eps"] == 8.0
+    assert card["accuracy"] == metrics["accuracy"]
+    # per-epoch curves of the balancing
+    tsv = repo / "dvclive" / "distill" / "plots" / "metrics"
+    for name in (
+        "tau_adv",
+        "tau_nat",
+        "w_adv",
+        "w_nat",
+        "loss_adv",
+        "loss_nat",
+        "lr",
+        "clean_acc",
+        "pgd_acc",
+    ):
+        assert (tsv / f"{name}.tsv").is_file(), name
+    assert list((repo / "runs" / "distill").glob("events.out.tfevents.*"))
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory):
+    require_sample()
+    repo = copy_project(tmp_path_factory.mktemp("dvc"))
+    proc = run(repo, DVC, "repro")
+    assert dvc_ran(proc.stdout) == STAGES
+    return repo
+
+
+@pytest.fixture(scope="module")
+def snake_repo(tmp_path_factory):
+    require_sample()
+    repo = copy_project(tmp_path_factory.mktemp("snake"))
+    proc = run(repo, *SNAKEMAKE)
+    assert sorted(snakemake_ran(proc.stderr + proc.stdout)) == sorted(STAGES)
+    return repo
+
+
+def test_dvc_repro_produces_every_output(dvc_repo):
+    check_outputs(dvc_repo)
+    assert not (dvc_repo / "logs").exists()  # the log files are Snakemake's only
+
+
+def test_snakemake_produces_every_output_and_a_log_per_rule(snake_repo):
+    check_outputs(snake_repo)
+    for stage in STAGES:
+        assert (snake_repo / "logs" / f"{stage}.log").is_file()
+
+
+def test_both_engines_give_identical_metrics(dvc_repo, snake_repo):
+    """Same params and seed on the CPU: the same numbers, whichever engine ran the stages."""
+    a = json.loads((dvc_repo / "metrics" / "evaluate.json").read_text())
+    b = json.loads((snake_repo / "metrics" / "evaluate.json").read_text())
+    assert a == b
+
+
+# AutoAttack runs its full FAB-T and 5000-query Square on every point a tiny, barely trained model
+# keeps (tens of seconds on a CPU); after the first full run the rerun checks leave it out.
+WITHOUT_AA = ATTACKS[1:-1]
+
+
+def test_dvc_reruns_only_what_changed(dvc_repo):
+    repo = dvc_repo
+    assert dvc_ran(run(repo, DVC, "repro").stdout) == []
+    change(repo, "evaluate.attacks", WITHOUT_AA)
+    assert dvc_ran(run(repo, DVC, "repro").stdout) == ["evaluate"]
+    change(repo, "distill.balance.tau_lr", 0.002)
+    assert dvc_ran(run(repo, DVC, "repro").stdout) == ["distill", "evaluate"]
+    change(repo, "robust_teacher.trades_beta", 5.0)
+    assert dvc_ran(run(repo, DVC, "repro").stdout) == [
+        "train_robust_teacher",
+        "distill",
+        "evaluate",
+    ]
+    assert dvc_ran(run(repo, DVC, "repro").stdout) == []
+
+
+def test_snakemake_reruns_only_what_changed(snake_repo):
+    repo = snake_repo
+    noop = run(repo, *SNAKEMAKE)
+    assert snakemake_ran(noop.stderr + noop.stdout) == []
+    change(repo, "evaluate.attacks", WITHOUT_AA)
+    proc = run(repo, *SNAKEMAKE)
+    assert snakemake_ran(proc.stderr + proc.stdout) == ["evaluate"]
+    change(repo, "distill.balance.tau_lr", 0.002)
+    proc = run(repo, *SNAKEMAKE)
+    assert sorted(snakemake_ran(proc.stderr + proc.stdout)) == ["distill", "evaluate"]
+    change(repo, "robust_teacher.trades_beta", 5.0)
+    proc = run(repo, *SNAKEMAKE)
+    assert sorted(snakemake_ran(proc.stderr + proc.stdout)) == [
+        "distill",
+        "evaluate",
+        "train_robust_teacher",
+    ]
+    # editing code a stage runs reruns it (and what depends on it)
+    (repo / "bmtard" / "balance.py").write_text(
+        (repo / "bmtard" / "balance.py").read_text() + "\n# edited\n"
+    )
+    proc = run(repo, *SNAKEMAKE)
+    assert sorted(snakemake_ran(proc.stderr + proc.stdout)) == ["distill", "evaluate"]
+
+
+def test_handover_from_snakemake_to_dvc_and_back(snake_repo):
+    """After Snakemake, `dvc commit -f` records its outputs so that `dvc repro` runs nothing;
+    after a DVC run, `snakemake --touch` does the same for Snakemake."""
+    repo = snake_repo
+    run(repo, DVC, "commit", "-f")
+    assert dvc_ran(run(repo, DVC, "repro").stdout) == []
+    change(repo, "evaluate.cw_kappa", 10.0)
+    assert dvc_ran(run(repo, DVC, "repro").stdout) == ["evaluate"]
+    run(repo, *SNAKEMAKE, "--touch")
+    proc = run(repo, *SNAKEMAKE)
+    assert snakemake_ran(proc.stderr + proc.stdout) == []
+
+
+def test_dvc_experiments_record_params_and_accuracies(dvc_repo):
+    repo = dvc_repo
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "baseline")
+    proc = run(repo, DVC, "exp", "run", "-S", "distill.balance.weight_lr=0.05")
+    assert dvc_ran(proc.stdout) == ["distill", "evaluate"]
+    shown = json.loads(run(repo, DVC, "exp", "show", "--json").stdout)
+    base = shown[0]["data"]["metrics"]["metrics/evaluate.json"]["data"]
+    assert list(base["accuracy"]) == ["clean", *WITHOUT_AA]
+    exp = [e for e in shown if e.get("experiments")][0]["experiments"][0]["revs"][0]
+    metrics = exp["data"]["metrics"]["metrics/evaluate.json"]["data"]
+    assert list(metrics["accuracy"]) == ["clean", *WITHOUT_AA]
+    assert metrics["weighted_robust"]["pgd_sat"] == pytest.approx(
+        (metrics["accuracy"]["clean"] + metrics["accuracy"]["pgd_sat"]) / 2
+    )
+    assert exp["data"]["params"]["params.yaml"]["data"]["distill"]["balance"]["weight_lr"] == 0.05
+    plots = run(repo, DVC, "plots", "show", "--json").stdout
+    assert "dvclive/distill/plots/metrics/tau_nat.tsv" in plots
+
+
+def test_bad_params_stop_before_any_work(tmp_path):
+    """An invalid value stops `dvc repro` and `snakemake` with one line naming the key."""
+    require_sample()
+    repo = copy_project(tmp_path / "bad", {"distill.optim.epochs": 0})
+    proc = run(repo, DVC, "repro", check=False)
+    assert proc.returncode != 0
+    assert "distill.optim.epochs = 0: must be >= 1" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (repo / "data" / "train.npz").exists()
+    proc = run(repo, *SNAKEMAKE, check=False)
+    assert proc.returncode != 0
+    assert "distill.optim.epochs = 0: must be >= 1" in proc.stderr + proc.stdout
+    assert not (repo / "data" / "train.npz").exists()
