@@ -1,0 +1,376 @@
+"""Checkpoints: our format round-trips, loading never runs code, imports are strict, writes are
+atomic."""
+
+import os
+import pathlib
+import pickle
+import stat
+
+import pytest
+import torch
+
+from bmtard.checkpoint import (
+    FORMAT,
+    extract_state_dict,
+    import_state_dict,
+    load_model,
+    save_model,
+)
+from bmtard.errors import BmtardError, CheckpointError
+from bmtard.io import sha256_file, write_atomic, write_json
+from bmtard.models import build_model
+
+ARCH, CLASSES, WIDTH = "resnet18", 10, 0.125
+
+
+def _model(width: float = WIDTH, arch: str = ARCH, seed: int = 0) -> torch.nn.Module:
+    """A tiny model whose BN buffers are not at their defaults (one train-mode forward)."""
+    torch.manual_seed(seed)
+    model = build_model(arch, CLASSES, width)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(4, 3, 32, 32))
+    return model.eval()
+
+
+def _fixed_input() -> torch.Tensor:
+    return torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(123))
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        assert torch.equal(a[k], b[k]), k
+
+
+class Marker:
+    """Unpickling this touches ``path``: a stand-in for code run by a malicious checkpoint."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.path,))
+
+
+class Opaque:
+    """An arbitrary class instance; weights_only loading must refuse it."""
+
+    def __init__(self) -> None:
+        self.value = 3
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+def test_save_load_round_trip(tmp_path):
+    model = _model()
+    assert int(model.state_dict()["bn1.num_batches_tracked"]) == 1  # buffers are non-default
+    path = tmp_path / "sub" / "m.pt"  # the folder is created
+    meta = {"stage": "test", "epoch": 3, "selected_metrics": {"clean_acc": 12.5}, "xs": [1, 2]}
+    save_model(path, model, arch=ARCH, width=WIDTH, num_classes=CLASSES, meta=meta)
+
+    loaded, info = load_model(path)
+    assert not loaded.training
+    _assert_same_state(model.state_dict(), loaded.state_dict())
+    x = _fixed_input()
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert info == {
+        "format": FORMAT,
+        "arch": ARCH,
+        "width": WIDTH,
+        "num_classes": CLASSES,
+        "meta": meta,
+        "sha256": sha256_file(path),
+    }
+    assert len(info["sha256"]) == 64
+    assert sorted(os.listdir(path.parent)) == ["m.pt"]
+
+
+def test_saved_file_holds_only_plain_data(tmp_path):
+    path = tmp_path / "m.pt"
+    save_model(path, _model(), arch=ARCH, width=0.125, num_classes=CLASSES)
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == FORMAT and raw["meta"] == {}
+    assert isinstance(raw["width"], float) and isinstance(raw["num_classes"], int)
+    assert all(isinstance(v, torch.Tensor) for v in raw["state_dict"].values())
+
+
+def test_save_detaches_from_the_live_model(tmp_path):
+    model = _model()
+    path = tmp_path / "m.pt"
+    save_model(path, model, arch=ARCH, width=WIDTH, num_classes=CLASSES)
+    before = model.state_dict()["linear.weight"].clone()
+    with torch.no_grad():
+        model.linear.weight.add_(1.0)  # changing the model afterwards does not touch the file
+    loaded, _ = load_model(path)
+    assert torch.equal(loaded.state_dict()["linear.weight"], before)
+
+
+# --------------------------------------------------------------------------- weights_only
+
+
+def test_marker_payload_really_runs_code_without_weights_only(tmp_path):
+    """Guards the tests below: the payload does create the marker when loaded unsafely."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Marker(marker)}, path)
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("loader", ["load_model", "import_state_dict"])
+def test_loading_never_runs_code(tmp_path, loader):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Marker(marker)}, path)
+    with pytest.raises(CheckpointError) as err:
+        if loader == "load_model":
+            load_model(path)
+        else:
+            import_state_dict(path, ARCH, CLASSES, WIDTH)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: cannot be read as a weights-only checkpoint (")
+    assert "\n" not in msg
+    assert not marker.exists()
+
+
+def test_code_hidden_in_our_format_meta_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    model = _model()
+    payload = {
+        "format": FORMAT,
+        "arch": ARCH,
+        "width": WIDTH,
+        "num_classes": CLASSES,
+        "state_dict": model.state_dict(),
+        "meta": {"note": Marker(marker)},
+    }
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_model(path)
+    assert not marker.exists()
+
+
+def test_arbitrary_class_instance_is_refused(tmp_path):
+    path = tmp_path / "obj.pt"
+    torch.save({"x": Opaque()}, path)
+    with pytest.raises(CheckpointError, match="cannot be read as a weights-only checkpoint"):
+        load_model(path)
+
+
+def test_garbage_file_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"this is not a torch file")
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    assert str(err.value).startswith(f"{path}: cannot be read")
+    assert "\n" not in str(err.value)
+    assert isinstance(err.value, BmtardError)
+
+
+# --------------------------------------------------------------------------- import_state_dict
+
+
+def _wrap(kind: str, state: dict) -> object:
+    if kind == "plain":
+        return state
+    if kind == "wrapped":
+        return {"state_dict": state, "epoch": 7, "best_acc": 55.0}
+    if kind == "module":
+        return {f"module.{k}": v for k, v in state.items()}
+    if kind == "wrapped_module":
+        return {"model": {f"module.{k}": v for k, v in state.items()}}
+    if kind == "ours":
+        return None  # written with save_model
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["plain", "wrapped", "module", "wrapped_module", "ours"])
+def test_import_state_dict_layouts(tmp_path, kind):
+    src = _model(seed=5)
+    path = tmp_path / f"{kind}.pt"
+    if kind == "ours":
+        save_model(path, src, arch=ARCH, width=WIDTH, num_classes=CLASSES)
+    else:
+        torch.save(_wrap(kind, src.state_dict()), path)
+    model = import_state_dict(path, ARCH, CLASSES, WIDTH)
+    assert not model.training
+    _assert_same_state(src.state_dict(), model.state_dict())
+    x = _fixed_input()
+    with torch.no_grad():
+        assert torch.equal(src(x), model(x))
+
+
+def test_partial_module_prefix_is_not_stripped():
+    state = {"module.a": torch.zeros(1), "b": torch.ones(1)}
+    assert list(extract_state_dict(state, "f")) == ["module.a", "b"]
+
+
+def test_no_state_dict_inside_is_an_error(tmp_path):
+    path = tmp_path / "notes.pt"
+    torch.save({"epoch": 3, "acc": 1.5}, path)
+    with pytest.raises(CheckpointError, match=r"notes\.pt: no state_dict"):
+        import_state_dict(path, ARCH, CLASSES, WIDTH)
+
+
+def test_mismatch_lists_missing_unexpected_and_shape_keys(tmp_path):
+    state = dict(_model().state_dict())
+    del state["conv1.weight"]
+    state["extra.weight"] = torch.zeros(2)
+    state["linear.weight"] = torch.zeros(5, 64)
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as err:
+        import_state_dict(path, ARCH, CLASSES, WIDTH)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg == (
+        f"{path} does not fit resnet18: missing: conv1.weight; unexpected: extra.weight; "
+        "shape: linear.weight (5, 64) vs (10, 64)"
+    )
+
+
+def test_other_width_lists_shape_mismatches(tmp_path):
+    path = tmp_path / "narrow.pt"
+    torch.save(_model(width=0.0625).state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        import_state_dict(path, ARCH, CLASSES, WIDTH)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{path} does not fit resnet18: shape: conv1.weight (4, 3, 3, 3) vs ")
+    assert "(8, 3, 3, 3)" in msg and "bn1.weight (4,) vs (8,)" in msg
+    assert "missing" not in msg and "unexpected" not in msg
+    assert msg.endswith("(+96 more)")  # 101 mis-shaped tensors, 5 shown
+
+
+def test_other_arch_lists_missing_keys(tmp_path):
+    path = tmp_path / "preact.pt"
+    torch.save(_model(arch="preact_resnet18").state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        import_state_dict(path, ARCH, CLASSES, WIDTH)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{path} does not fit resnet18: missing: bn1.weight, bn1.bias, ")
+    assert "layer2.0.shortcut.1.weight" not in msg  # beyond the first 5
+    assert "unexpected" not in msg
+
+
+def test_bmtard_file_of_other_width_does_not_load(tmp_path):
+    path = tmp_path / "m.pt"
+    save_model(path, _model(width=0.0625), arch=ARCH, width=0.0625, num_classes=CLASSES)
+    with pytest.raises(CheckpointError, match=r"m\.pt does not fit resnet18: shape: conv1"):
+        import_state_dict(path, ARCH, CLASSES, WIDTH)
+    model, info = load_model(path)  # load_model rebuilds the width it was saved with
+    assert info["width"] == 0.0625 and model.conv1.weight.shape == (4, 3, 3, 3)
+
+
+# --------------------------------------------------------------------------- bad paths
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.pt"
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    assert str(err.value) == f"{path}: checkpoint not found"
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        import_state_dict(path, ARCH, CLASSES, WIDTH)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_model(tmp_path)  # a folder is not a checkpoint
+
+
+def test_plain_state_dict_given_to_load_model_points_to_import(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save(_model().state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    assert str(err.value) == (
+        f"{path}: not a bmtard model file; for a plain state_dict use import_state_dict"
+    )
+
+
+def test_other_format_version_is_not_ours(tmp_path):
+    path = tmp_path / "v2.pt"
+    torch.save({"format": "bmtard.model/2", "state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="not a bmtard model file"):
+        load_model(path)
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def test_failed_write_keeps_old_content_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old content")
+
+    def writer(tmp: pathlib.Path) -> None:
+        assert tmp.parent == tmp_path and tmp != path
+        tmp.write_bytes(b"half of the new")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_atomic(path, writer)
+    assert path.read_bytes() == b"old content"
+    assert os.listdir(tmp_path) == ["out.bin"]
+
+
+def test_failed_write_of_new_file_creates_nothing(tmp_path):
+    def writer(tmp: pathlib.Path) -> None:
+        tmp.write_bytes(b"x")
+        raise KeyboardInterrupt  # also BaseException
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(tmp_path / "new.bin", writer)
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_save_model_keeps_the_previous_model(tmp_path):
+    path = tmp_path / "m.pt"
+    good = _model(seed=1)
+    save_model(path, good, arch=ARCH, width=WIDTH, num_classes=CLASSES, meta={"epoch": 1})
+    digest = sha256_file(path)
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        # a lambda cannot be pickled: torch.save fails after it has started writing
+        save_model(path, _model(seed=2), arch=ARCH, width=WIDTH, num_classes=CLASSES,
+                   meta={"bad": lambda: 0})  # fmt: skip
+    assert sha256_file(path) == digest
+    assert os.listdir(tmp_path) == ["m.pt"]
+    loaded, info = load_model(path)
+    assert info["meta"] == {"epoch": 1}
+    _assert_same_state(good.state_dict(), loaded.state_dict())
+
+
+def test_successful_write_replaces_content(tmp_path):
+    path = tmp_path / "out.json"
+    path.write_text("old")
+    write_json(path, {"a": [1, 2]})
+    assert path.read_text() == '{\n  "a": [\n    1,\n    2\n  ]\n}\n'
+    assert os.listdir(tmp_path) == ["out.json"]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_new_files_get_umask_permissions(tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        write_atomic(tmp_path / "a.bin", lambda tmp: tmp.write_bytes(b"a"))
+        save_model(tmp_path / "m.pt", _model(), arch=ARCH, width=WIDTH, num_classes=CLASSES)
+        write_json(tmp_path / "j.json", {})
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~mask
+    for name in ("a.bin", "m.pt", "j.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
+
+
+def test_permissions_follow_the_current_umask(tmp_path):
+    """With the process's own umask (usually 022): not mkstemp's 0600."""
+    current = os.umask(0)
+    os.umask(current)
+    write_atomic(tmp_path / "a.bin", lambda tmp: tmp.write_bytes(b"a"))
+    mode = stat.S_IMODE((tmp_path / "a.bin").stat().st_mode)
+    assert mode == 0o666 & ~current
+    if current & 0o066 != 0o066:
+        assert mode != 0o600
