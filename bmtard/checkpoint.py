@@ -63,7 +63,10 @@ def load_model(
         raise CheckpointError(
             f"{path}: not a bmtard model file; for a plain state_dict use import_state_dict"
         )
-    model = build_model(payload["arch"], payload["num_classes"], payload["width"])
+    try:
+        model = build_model(payload["arch"], payload["num_classes"], payload["width"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild its model ({e})") from None
     load_state_dict_strict(model, payload["state_dict"], str(path), payload["arch"])
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     info["sha256"] = sha256_file(path)

@@ -42,7 +42,11 @@ class PGDAT:
 @dataclass
 class TRADES:
     """CE(f(x), y) + beta * KL(f(x) || f(x_adv)) / B; x_adv maximises that KL (eval mode while
-    crafting, 0.001-Gaussian start by default, as the TRADES code)."""
+    crafting, 0.001-Gaussian start by default, as the TRADES code).
+
+    The TRADES code runs f(x) twice in train mode (once per term); we run it once and use it in
+    both terms: the same loss and gradients, one BatchNorm running-statistics update fewer.
+    """
 
     attack: TrainAttackConfig
     beta: float
