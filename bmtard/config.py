@@ -186,6 +186,24 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class SanityConfig:
+    """Gradient-masking checks (Carlini et al. 2019, "On Evaluating Adversarial Robustness", and
+    AutoAttack's own flags), run on the first ``n_images`` evaluated images. Accuracies in %."""
+
+    enabled: bool = True
+    n_images: int | None = _spec(1000, ge=1)  # null = every evaluated image
+    large_eps: float = _spec(64.0, gt=0)  # at this eps (1/255) white-box accuracy must be ~0
+    large_eps_max_acc: float = _spec(2.0, ge=0, le=100)  # ... at most this (%)
+    strong_steps: int = _spec(100, ge=1)  # a stronger PGD: more steps ...
+    strong_restarts: int = _spec(5, ge=1)  # ... and random restarts (step eps/4)
+    square_queries: int = _spec(1000, ge=1)  # black-box Square (reference AutoAttack code)
+    transfer: bool = True  # PGD crafted on the robust teacher, applied to the student
+    gradient_samples: int = _spec(100, ge=1)  # images whose input gradients are inspected
+    tolerance: float = _spec(1.0, ge=0)  # % points a comparison may miss by before it fails
+    fail_stage: bool = False  # a failed check fails the stage (after writing every output)
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     """Final attack evaluation of the student (and a short check of both teachers)."""
 
@@ -195,6 +213,16 @@ class EvaluateConfig:
     attacks: list[str] = _spec(list(EVAL_ATTACKS), item_choices=EVAL_ATTACKS)
     cw_kappa: float = _spec(50.0, ge=0)  # CW margin confidence, as the RSLAD/MTARD eval code
     teacher_n_images: int | None = _spec(None, ge=1)  # null = n_images
+    # PGD-20 (step eps/4, uniform start) accuracy at each eps (1/255): a plot and a sanity check
+    eps_curve: list[float] = _spec([0.0, 2.0, 4.0, 8.0, 16.0])
+    # per-batch results are kept here so that an interrupted evaluation resumes (null = off)
+    resume_dir: str | None = ".cache/evaluate"
+    sanity: SanityConfig = field(default_factory=SanityConfig)
+
+    def __post_init__(self) -> None:
+        c = self.eps_curve
+        if any(e < 0 for e in c) or list(c) != sorted(set(c)):
+            raise ParamsError(f"eps_curve = {c}: must be strictly increasing values >= 0")
 
 
 @dataclass(frozen=True)

@@ -1,122 +1,126 @@
-"""The evaluation protocol (spec section 6.2) and a command to run it on any checkpoint.
+"""Evaluate a model with the protocol of ``bmtard.protocol``: the pipeline's evaluate stage, and
+a command for any checkpoint outside the pipeline. Both write the same files:
 
-Every accuracy is measured in fp32 with the model in eval mode, on the first ``n_images`` test
-images, at L-inf eps (in 1/255):
-  clean; FGSM (one step of eps); PGD_SAT (PGD-20, step 2/255, uniform start, CE);
-  PGD_TRADES (PGD-20, step 0.003, uniform start, CE); CW_inf (CW margin loss with kappa, L-inf
-  PGD-30, step 2/255, uniform start); AutoAttack standard (reference pyautoattack code).
-Weighted robust accuracy per attack = (clean + attack) / 2. All accuracies in %.
+  metrics JSON     accuracies (%), weighted robust accuracies, eps-curve, worst class, sanity flags
+  eps_curve.csv    eps (1/255) -> PGD-20 accuracy (%)              (a DVC plot)
+  per_class.csv    class -> clean and worst-case robust accuracy (%) (a DVC plot)
+  model card       the numbers with what they were measured on (RobustBench-style fields)
 
-Usage (outside the pipeline):
-  python -m bmtard.evaluate --checkpoint models/student.pt --data data/test.npz --out eval.json
-  python -m bmtard.evaluate --checkpoint model_cifar_wrn.pt --arch wrn34_10 --data data/test.npz ...
+Usage:
+  python -m bmtard.evaluate --checkpoint models/student.pt --data data/test.npz --out eval/
+  python -m bmtard.evaluate --checkpoint model_cifar_wrn.pt --arch wrn34_10 \\
+      --data data/test.npz --out eval-wrn/ --n-images 1000
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import csv
+import io
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from bmtard.accuracy import Attack, correct, percent
-from bmtard.attacks.autoattack import autoattack, autoattack_version
-from bmtard.attacks.cw import cw_inf
-from bmtard.attacks.fgsm import fgsm
-from bmtard.attacks.pgd import pgd_ce
+from bmtard.accuracy import percent
 from bmtard.checkpoint import import_state_dict, load_model
-from bmtard.config import EVAL_ATTACKS, EvaluateConfig
+from bmtard.config import EvaluateConfig, load_params, parse_params, to_dict
 from bmtard.datasets import Split, load_split
-from bmtard.io import sha256_file, write_json
-from bmtard.loader import Batches
+from bmtard.errors import BmtardError, ParamsError
+from bmtard.evalrun import Runner, Task
+from bmtard.io import sha256_file, write_atomic, write_json
+from bmtard.protocol import Evaluation, evaluate_model, protocol_attack
 
 log = logging.getLogger(__name__)
 
-
-def protocol_attack(name: str, eps: float, cw_kappa: float = 50.0, seed: int = 0) -> Attack:
-    """The named attack of the protocol with its fixed settings; eps in 1/255."""
-    e = eps / 255
-    if name == "fgsm":
-        return functools.partial(fgsm, eps=e)
-    if name == "pgd_sat":
-        return functools.partial(pgd_ce, eps=e, step_size=2 / 255, steps=20, init="uniform")
-    if name == "pgd_trades":
-        return functools.partial(pgd_ce, eps=e, step_size=0.003, steps=20, init="uniform")
-    if name == "cw_inf":
-        return functools.partial(cw_inf, eps=e, step_size=2 / 255, steps=30, kappa=cw_kappa)
-    if name == "autoattack":
-        return functools.partial(autoattack, eps=e, version="standard", seed=seed)
-    raise ValueError(f"attack {name!r}: allowed are {', '.join(EVAL_ATTACKS)}")
+DATASET_BY_CLASSES = {10: "cifar10", 100: "cifar100"}
 
 
-def seeded(attack: Attack, seed: int) -> Attack:
-    """Run ``attack`` with the global RNG seeded, so random starts repeat exactly."""
-
-    def run(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        torch.manual_seed(seed)
-        return attack(model, x, y)
-
-    return run
-
-
-def accuracies(
-    model: nn.Module,
-    batches: Batches,
-    attacks: Sequence[str],
-    *,
-    eps: float,
-    cw_kappa: float = 50.0,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Clean and per-attack accuracy (%) of ``model`` on ``batches``."""
-    model = model.float().eval()
-    out = {"clean": percent(correct(model, batches))}
-    for name in attacks:
-        attack = seeded(protocol_attack(name, eps, cw_kappa, seed), seed)
-        out[name] = percent(correct(model, batches, attack))
-        log.info("%s: %.2f%%", name, out[name])
-    return out
-
-
-def evaluate_student(
-    model: nn.Module, test: Split, cfg: EvaluateConfig, device: torch.device, seed: int = 0
-) -> dict[str, Any]:
-    """The full protocol: accuracies and weighted robust accuracies."""
-    batches = Batches(test, cfg.batch_size, device=device, limit=cfg.n_images)
-    acc = accuracies(model, batches, cfg.attacks, eps=cfg.eps, cw_kappa=cfg.cw_kappa, seed=seed)
-    weighted = {a: (acc["clean"] + acc[a]) / 2 for a in cfg.attacks}
-    protocol = {
+def model_card(ev: Evaluation, info: dict[str, Any], checkpoint: str, dataset: str) -> dict:
+    """RobustBench-style description of one evaluated model."""
+    meta = info.get("meta", {})
+    card = {
+        "architecture": info["arch"],
+        "width": info["width"],
+        "num_classes": info["num_classes"],
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": info["sha256"],
+        "training": {
+            k: meta[k]
+            for k in ("stage", "method", "source", "epoch", "selection", "teachers")
+            if k in meta
+        },
+        "dataset": dataset,
         "threat_model": "Linf",
-        "eps": cfg.eps,
-        "eps_unit": "1/255",
-        "n_images": batches.num_images,
-        "precision": "fp32",
-        "attacks": list(cfg.attacks),
-        "cw_kappa": cfg.cw_kappa,
-        "seed": seed,
+        "eps": f"{ev.protocol['eps']:g}/255",
+        "n_test_points": ev.n_images,
+        "additional_data": False,
+        "clean_acc": ev.accuracy["clean"],
+        "autoattack_acc": ev.accuracy.get("autoattack"),
+        "attacks_acc": {k: v for k, v in ev.accuracy.items() if k != "clean"},
+        "weighted_robust_acc": ev.weighted_robust,
+        "autoattack_version": ev.protocol.get("autoattack", {}).get("version"),
+        "autoattack_warnings": ev.autoattack_warnings,
+        "eps_curve": ev.eps_curve,
+        "per_class": ev.per_class,
+        "protocol": ev.protocol,
     }
-    if "autoattack" in cfg.attacks:
-        protocol["autoattack"] = {
-            "package": "pyautoattack",
-            "version": autoattack_version(),
-            "mode": "standard",
-        }
-    return {"protocol": protocol, "accuracy": acc, "weighted_robust": weighted}
+    if ev.checks:
+        card["sanity"] = {c.name: {**c.as_dict(), "detail": c.detail} for c in ev.checks}
+    return card
+
+
+def _csv(rows: list[list[Any]]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
+def write_outputs(
+    ev: Evaluation,
+    *,
+    metrics: str | Path,
+    card: dict,
+    card_path: str | Path,
+    plots: str | Path,
+    extra_metrics: dict | None = None,
+) -> None:
+    """Write the metrics JSON, both plot CSVs and the model card (each atomically)."""
+    plots = Path(plots)
+    curve = [["eps", "accuracy"]] + [[e, v] for e, v in ev.eps_curve.items()]
+    classes = [["class", "clean", "robust"]] + [
+        [c, ev.per_class["clean"][c], ev.per_class["robust"][c]] for c in ev.per_class["clean"]
+    ]
+    for name, rows in (("eps_curve.csv", curve), ("per_class.csv", classes)):
+        text = _csv(rows)
+        write_atomic(plots / name, lambda tmp, text=text: tmp.write_text(text))
+    write_json(metrics, {**ev.metrics(), **(extra_metrics or {})})
+    write_json(card_path, card)
+
+
+def fail_if_asked(ev: Evaluation, cfg: EvaluateConfig) -> None:
+    failed = [c.name for c in ev.checks if c.passed is False]
+    if failed and cfg.sanity.fail_stage:
+        raise BmtardError(
+            f"sanity checks failed: {', '.join(failed)} (evaluate.sanity.fail_stage is true; "
+            "the results are written)"
+        )
 
 
 def evaluate_teacher(
     model: nn.Module, test: Split, cfg: EvaluateConfig, device: torch.device, seed: int = 0
 ) -> dict[str, float]:
     """A teacher's clean and PGD_TRADES (PGD-20, step 0.003) accuracy (%)."""
-    n = cfg.teacher_n_images or cfg.n_images
-    batches = Batches(test, cfg.batch_size, device=device, limit=n)
-    out = accuracies(model, batches, ["pgd_trades"], eps=cfg.eps, seed=seed)
-    return {**out, "n_images": batches.num_images}
+    n = cfg.teacher_n_images or cfg.n_images or len(test)
+    n = min(n, len(test))
+    run = Runner(model, test, batch_size=cfg.batch_size, device=device, seed=seed)
+    clean = run.mask(Task("clean", None, n))
+    pgd = run.mask(Task("pgd_trades", protocol_attack("pgd_trades", cfg.eps), n))
+    return {"clean": percent(clean), "pgd_trades": percent(pgd), "n_images": n}
 
 
 def evaluate_pipeline(
@@ -130,51 +134,44 @@ def evaluate_pipeline(
     robust_teacher: str,
     metrics: str,
     card: str,
+    plots: str,
 ) -> None:
-    """The evaluate stage: the protocol on the student and a check of both teachers.
-
-    ``metrics``: the numbers only (accuracies in %), for ``dvc metrics`` / ``dvc exp show``;
-    ``card``: the same numbers with what they were measured on (model, checkpoint hash, protocol).
-    """
+    """The evaluate stage: the protocol and sanity checks on the student (the robust teacher is
+    the transfer source), a check of both teachers, then every output file."""
     test = load_split(Path(data_dir) / "test.npz")
+    manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
     model, info = load_model(student, device)
-    result = evaluate_student(model, test, cfg, device, seed)
-    numbers: dict[str, Any] = {
-        "accuracy": result["accuracy"],
-        "weighted_robust": result["weighted_robust"],
-        "teachers": {},
+    teachers = {
+        role: load_model(p, device)
+        for role, p in (("clean", clean_teacher), ("robust", robust_teacher))
     }
-    details: dict[str, Any] = {}
-    for role, path in (("clean", clean_teacher), ("robust", robust_teacher)):
-        teacher, tinfo = load_model(path, device)
+    ev = evaluate_model(
+        model,
+        test,
+        cfg,
+        device,
+        seed=seed,
+        model_id=info["sha256"],
+        transfer_source=teachers["robust"][0],
+        class_names=manifest.get("classes"),
+    )
+    numbers = {"teachers": {}}
+    the_card = model_card(ev, info, student, manifest["dataset"])
+    the_card["teachers"] = {}
+    for role, (teacher, tinfo) in teachers.items():
         acc = evaluate_teacher(teacher, test, cfg, device, seed)
         numbers["teachers"][role] = {k: acc[k] for k in ("clean", "pgd_trades")}
-        details[role] = {
-            "arch": tinfo["arch"],
+        the_card["teachers"][role] = {
+            "architecture": tinfo["arch"],
             "width": tinfo["width"],
-            "sha256": tinfo["sha256"],
-            "n_images": acc["n_images"],
+            "checkpoint_sha256": tinfo["sha256"],
+            **acc,
         }
-    meta = info["meta"]
-    write_json(metrics, numbers)
-    write_json(
-        card,
-        {
-            "model": {
-                "arch": info["arch"],
-                "width": info["width"],
-                "num_classes": info["num_classes"],
-                "checkpoint": str(student),
-                "sha256": info["sha256"],
-                "epoch": meta.get("epoch"),
-                "selection": meta.get("selection"),
-            },
-            "protocol": result["protocol"],
-            **numbers,
-            "teacher_details": details,
-        },
+    write_outputs(
+        ev, metrics=metrics, card=the_card, card_path=card, plots=plots, extra_metrics=numbers
     )
-    log.info("wrote %s and %s", metrics, card)
+    log.info("wrote %s, %s and the plots in %s", metrics, card, plots)
+    fail_if_asked(ev, cfg)
 
 
 # --------------------------------------------------------------------------- command line
@@ -196,52 +193,93 @@ def _load_any(
     }
 
 
+def _config(args: argparse.Namespace) -> tuple[EvaluateConfig, int, str]:
+    """The evaluate section (from --params, or the paper protocol), with the flags on top."""
+    raw: dict[str, Any] = {}
+    if args.params:
+        params = load_params(args.params)
+        raw = to_dict(params.evaluate)
+        seed, device = params.run.seed, params.run.device
+    else:
+        seed, device = 0, "auto"
+    for flag, key in (("n_images", "n_images"), ("eps", "eps"), ("batch_size", "batch_size")):
+        if getattr(args, flag) is not None:
+            raw[key] = getattr(args, flag)
+    if args.attacks is not None:
+        raw["attacks"] = [a for a in args.attacks.split(",") if a]
+    if args.no_sanity:
+        raw.setdefault("sanity", {})["enabled"] = False
+    seed = args.seed if args.seed is not None else seed
+    device = args.device or device
+    try:
+        params = parse_params({"evaluate": raw, "run": {"device": device, "seed": seed}})
+    except ParamsError as e:
+        raise ParamsError(f"command line: {e}") from None
+    return params.evaluate, seed, params.run.device
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from bmtard.cli import run_main  # the CLI helpers are not needed to import this module
+    from bmtard.cli import run_main
 
     p = argparse.ArgumentParser(
         prog="python -m bmtard.evaluate",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--checkpoint", required=True, help="bmtard model file, or a state_dict with --arch"
+        "--checkpoint", required=True, help="bmtard model file, or a state_dict (--arch)"
     )
-    p.add_argument("--arch", default=None, help="architecture of a plain state_dict")
+    p.add_argument("--arch", help="architecture of a plain state_dict (e.g. wrn34_10)")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (with --arch)")
     p.add_argument("--num-classes", type=int, default=10, help="classes (with --arch)")
-    p.add_argument("--data", required=True, help="a test split file written by the download stage")
-    p.add_argument("--out", required=True, help="where to write the metrics JSON")
-    p.add_argument("--n-images", type=int, default=None)
-    p.add_argument("--eps", type=float, default=8.0, help="L-inf budget in 1/255")
-    p.add_argument("--attacks", default=",".join(EVAL_ATTACKS), help="comma-separated")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data", required=True, help="test split written by the download stage")
+    p.add_argument("--out", required=True, help="folder for evaluate.json and the plot CSVs")
+    p.add_argument("--card", help="model card path (default: next to the checkpoint)")
+    p.add_argument("--params", help="take the protocol from this file's evaluate section")
+    p.add_argument("--transfer-from", help="checkpoint to craft the transfer attack on")
+    p.add_argument("--n-images", type=int)
+    p.add_argument("--eps", type=float, help="L-inf budget in 1/255 (default 8)")
+    p.add_argument(
+        "--attacks", help="comma-separated, from: fgsm,pgd_sat,pgd_trades,cw_inf,autoattack"
+    )
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     args = p.parse_args(argv)
 
     def body() -> None:
-        from bmtard.config import parse_params
         from bmtard.runtime import resolve_device
 
-        params = parse_params(
-            {
-                "evaluate": {
-                    "n_images": args.n_images,
-                    "eps": args.eps,
-                    "batch_size": args.batch_size,
-                    "attacks": [a for a in args.attacks.split(",") if a],
-                },
-                "run": {"device": args.device},
-            }
-        )
-        device = resolve_device(params.run.device)
+        cfg, seed, device_name = _config(args)
+        device = resolve_device(device_name)
         model, info = _load_any(args.checkpoint, args.arch, args.width, args.num_classes, device)
-        result = evaluate_student(model, load_split(args.data), params.evaluate, device, args.seed)
-        result["model"] = {k: info[k] for k in ("arch", "width", "num_classes", "sha256")}
-        result["model"]["checkpoint"] = str(Path(args.checkpoint))
-        write_json(args.out, result)
-        log.info("wrote %s", args.out)
+        source = load_model(args.transfer_from, device)[0] if args.transfer_from else None
+        test = load_split(args.data)
+        manifest = Path(args.data).with_name("manifest.json")
+        names = json.loads(manifest.read_text()).get("classes") if manifest.is_file() else None
+        ev = evaluate_model(
+            model,
+            test,
+            cfg,
+            device,
+            seed=seed,
+            model_id=info["sha256"],
+            transfer_source=source,
+            class_names=names,
+        )
+        dataset = DATASET_BY_CLASSES.get(info["num_classes"], f"{info['num_classes']} classes")
+        card_path = args.card or Path(args.checkpoint).with_suffix(".card.json")
+        out = Path(args.out)
+        write_outputs(
+            ev,
+            metrics=out / "evaluate.json",
+            card=model_card(ev, info, args.checkpoint, dataset),
+            card_path=card_path,
+            plots=out,
+        )
+        log.info("wrote %s and %s", out / "evaluate.json", card_path)
+        fail_if_asked(ev, cfg)
 
     return run_main(body)
 

@@ -13,6 +13,7 @@ def add_arguments(p):
     p.add_argument("--robust-teacher", required=True, help="robust teacher checkpoint")
     p.add_argument("--metrics", required=True, help="metrics JSON to write (accuracies in %%)")
     p.add_argument("--card", required=True, help="model card JSON to write next to the student")
+    p.add_argument("--plots", required=True, help="folder for eps_curve.csv and per_class.csv")
 
 
 def main(params, args):
@@ -27,6 +28,7 @@ def main(params, args):
         robust_teacher=args.robust_teacher,
         metrics=args.metrics,
         card=args.card,
+        plots=args.plots,
     )
 
 

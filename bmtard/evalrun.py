@@ -1,0 +1,140 @@
+"""Per-image results of attacks, batch by batch, with progress bars and resume after interruption.
+
+Long evaluations (AutoAttack on 10,000 images) are cut into batches; after every batch its result
+(which images stayed correctly classified) is saved to a small JSON state file. A rerun with the
+same model, data and protocol (the same ``key``) takes finished batches from the file and only
+attacks the rest; the file is removed once the evaluation is complete. Each batch's attack is
+seeded from (seed, task, batch index), so a resumed run gives exactly the numbers of an
+uninterrupted one. (The packaged reference AutoAttack, pyautoattack 0.2.0, has a state file of its
+own, but restoring it fails in that release, so resuming happens here, between batches.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from bmtard.datasets import Split
+from bmtard.io import write_json
+from bmtard.loader import Batches
+
+log = logging.getLogger(__name__)
+
+#: (model, x, y) -> x_adv
+Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+def digest(data: Any) -> str:
+    """A stable hex key of plain data (JSON-serialisable)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def batch_seed(seed: int, task: str, index: int) -> int:
+    """The seed of one batch of one task: independent of what ran before it."""
+    return int(digest([seed, task, index])[:8], 16)
+
+
+class ResumeState:
+    """Per-batch results saved in ``folder/<key>.json``; a file with another key is ignored."""
+
+    def __init__(self, folder: str | Path | None, key: str) -> None:
+        self.path = None if folder is None else Path(folder) / f"{key[:16]}.json"
+        self.key = key
+        self.done: dict[str, dict[str, str]] = {}
+        if self.path is not None and self.path.is_file():
+            saved = json.loads(self.path.read_text())
+            if saved.get("key") == key:
+                self.done = saved["done"]
+                n = sum(len(v) for v in self.done.values())
+                log.info("resuming evaluation from %s (%d finished batches)", self.path, n)
+
+    def get(self, task: str, index: int) -> Tensor | None:
+        bits = self.done.get(task, {}).get(str(index))
+        return None if bits is None else torch.tensor([b == "1" for b in bits])
+
+    def put(self, task: str, index: int, mask: Tensor) -> None:
+        self.done.setdefault(task, {})[str(index)] = "".join("1" if b else "0" for b in mask)
+        if self.path is not None:
+            write_json(self.path, {"key": self.key, "done": self.done})
+
+    def finish(self) -> None:
+        """The evaluation is complete and written: drop the state file."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One column of results: an attack (None = clean) on the first ``n`` images, with
+    ``restarts`` independent runs (an image counts as robust only if it survives all)."""
+
+    name: str
+    attack: Attack | None
+    n: int
+    restarts: int = 1
+
+
+class Runner:
+    """Evaluates tasks on the first images of a split and remembers each task's mask."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        split: Split,
+        *,
+        batch_size: int,
+        device: torch.device,
+        seed: int,
+        state: ResumeState | None = None,
+        on_batch: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.model = model.float().eval()
+        self.split = split
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+        self.state = state or ResumeState(None, "")
+        self.on_batch = on_batch  # called after each computed batch (tests interrupt here)
+        self.masks: dict[str, Tensor] = {}
+
+    def mask(self, task: Task) -> Tensor:
+        """Bool (task.n,): image i is still classified correctly under the task's attack."""
+        if task.name in self.masks:
+            return self.masks[task.name]
+        batches = Batches(self.split, self.batch_size, device=self.device, limit=task.n)
+        parts = []
+        bar = tqdm(batches, desc=task.name, unit="batch", leave=False, disable=None)
+        for index, (x, y) in enumerate(bar):
+            done = self.state.get(task.name, index)
+            if done is None:
+                done = self._batch(task, index, x, y)
+                self.state.put(task.name, index, done)
+                if self.on_batch is not None:
+                    self.on_batch(task.name, index)
+            parts.append(done)
+        out = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+        self.masks[task.name] = out
+        return out
+
+    def _batch(self, task: Task, index: int, x: Tensor, y: Tensor) -> Tensor:
+        ok = torch.ones(len(y), dtype=torch.bool)
+        for restart in range(task.restarts):  # each restart attacks only the survivors
+            idx = ok.nonzero().squeeze(1)
+            if len(idx) == 0:
+                break
+            xs, ys = x[idx.to(x.device)], y[idx.to(y.device)]
+            if task.attack is not None:
+                torch.manual_seed(batch_seed(self.seed, f"{task.name}/{restart}", index))
+                xs = task.attack(self.model, xs, ys)
+            with torch.no_grad():
+                ok[idx] = (self.model(xs).argmax(1) == ys).cpu()
+        return ok
