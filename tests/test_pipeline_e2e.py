@@ -51,17 +51,23 @@ def check_outputs(repo):
     for out in DECLARED:
         assert (repo / out).exists(), out
     metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
-    assert list(metrics["accuracy"]) == ATTACKS
+    assert list(metrics["accuracy"]) == [*ATTACKS, "worst_case"]
     for name, acc in metrics["accuracy"].items():
         assert 0.0 <= acc <= 100.0, name
     for a in ATTACKS[1:]:
         wr = metrics["weighted_robust"][a]
         assert wr == pytest.approx((metrics["accuracy"]["clean"] + metrics["accuracy"][a]) / 2)
+    assert list(metrics["eps_curve"]) == ["0", "2", "4", "8", "16"]
+    assert set(metrics["sanity"]) >= {"passed", "eps_monotone", "transfer_vs_white_box"}
+    assert metrics["sanity"]["transfer_vs_white_box"]["passed"] is not None  # robust teacher
     assert set(metrics["teachers"]) == {"clean", "robust"}
     assert set(metrics["teachers"]["robust"]) == {"clean", "pgd_trades"}
     card = json.loads((repo / "models" / "student.card.json").read_text())
-    assert card["model"]["arch"] == "resnet18" and card["protocol"]["eps"] == 8.0
-    assert card["accuracy"] == metrics["accuracy"]
+    assert (card["architecture"], card["dataset"], card["eps"]) == ("resnet18", "cifar10", "8/255")
+    assert card["clean_acc"] == metrics["accuracy"]["clean"]
+    assert set(card["teachers"]) == {"clean", "robust"}
+    per_class = (repo / "metrics" / "per_class.csv").read_text()
+    assert per_class.startswith("class,clean,robust\nairplane,")
     # per-epoch curves of the balancing
     tsv = repo / "dvclive" / "distill" / "plots" / "metrics"
     for name in (
@@ -183,10 +189,10 @@ def test_dvc_experiments_record_params_and_accuracies(dvc_repo):
     assert dvc_ran(proc.stdout) == ["distill", "evaluate"]
     shown = json.loads(run(repo, DVC, "exp", "show", "--json").stdout)
     base = shown[0]["data"]["metrics"]["metrics/evaluate.json"]["data"]
-    assert list(base["accuracy"]) == ["clean", *WITHOUT_AA]
+    assert list(base["accuracy"]) == ["clean", *WITHOUT_AA, "worst_case"]
     exp = [e for e in shown if e.get("experiments")][0]["experiments"][0]["revs"][0]
     metrics = exp["data"]["metrics"]["metrics/evaluate.json"]["data"]
-    assert list(metrics["accuracy"]) == ["clean", *WITHOUT_AA]
+    assert list(metrics["accuracy"]) == ["clean", *WITHOUT_AA, "worst_case"]
     assert metrics["weighted_robust"]["pgd_sat"] == pytest.approx(
         (metrics["accuracy"]["clean"] + metrics["accuracy"]["pgd_sat"]) / 2
     )

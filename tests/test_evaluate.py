@@ -1,0 +1,208 @@
+"""The evaluation: resumable and reproducible, per-class and eps-curve outputs, the model card,
+and the command that evaluates any checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bmtard.checkpoint import save_model
+from bmtard.config import EvaluateConfig, SanityConfig
+from bmtard.datasets import Split, save_split
+from bmtard.evaluate import main
+from bmtard.io import sha256_file
+from bmtard.models import build_model
+from bmtard.protocol import evaluate_model, per_class
+
+from conftest import synthetic, train_linear
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def honest():
+    return train_linear(synthetic(500, 1), 0), synthetic(64, 2)
+
+
+def cfg(tmp_path, **kw) -> EvaluateConfig:
+    base = dict(
+        n_images=64,
+        batch_size=16,
+        eps=4.0,
+        attacks=["fgsm", "pgd_sat", "pgd_trades", "cw_inf", "autoattack"],
+        resume_dir=str(tmp_path / "state"),
+        sanity=SanityConfig(
+            n_images=32,
+            strong_steps=10,
+            strong_restarts=2,
+            square_queries=50,
+            gradient_samples=16,
+            transfer=False,
+        ),
+    )
+    base.update(kw)
+    return EvaluateConfig(**base)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resumed_evaluation_equals_uninterrupted_and_skips_finished_batches(honest, tmp_path):
+    model, test = honest
+    full = evaluate_model(model, test, cfg(tmp_path / "a"), CPU, model_id="m")
+
+    c = cfg(tmp_path / "b")
+
+    def stop_in_autoattack(task, index):
+        if task == "autoattack" and index == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        evaluate_model(model, test, c, CPU, model_id="m", on_batch=stop_in_autoattack)
+    state_files = list((tmp_path / "b" / "state").glob("*.json"))
+    assert len(state_files) == 1
+
+    computed = []
+    resumed = evaluate_model(
+        model, test, c, CPU, model_id="m", on_batch=lambda task, i: computed.append((task, i))
+    )
+    # nothing finished before the interruption ran again: AutoAttack resumed at batch 2 of 4
+    assert ("clean", 0) not in computed and ("cw_inf", 3) not in computed
+    assert [i for t, i in computed if t == "autoattack"] == [2, 3]
+    assert resumed.accuracy == full.accuracy
+    assert resumed.eps_curve == full.eps_curve
+    assert [c.as_dict() for c in resumed.checks] == [c.as_dict() for c in full.checks]
+    assert not list((tmp_path / "b" / "state").glob("*.json"))  # removed once complete
+
+
+def test_state_of_another_model_is_not_reused(honest, tmp_path):
+    model, test = honest
+    c = cfg(tmp_path, attacks=["fgsm"], sanity=SanityConfig(enabled=False), eps_curve=[])
+
+    def stop(task, index):
+        if task == "fgsm" and index == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        evaluate_model(model, test, c, CPU, model_id="first", on_batch=stop)
+    computed = []
+    evaluate_model(
+        model, test, c, CPU, model_id="second", on_batch=lambda task, i: computed.append((task, i))
+    )
+    assert ("fgsm", 0) in computed and ("clean", 0) in computed
+
+
+def test_same_seed_same_numbers_and_accuracy_facts(honest, tmp_path):
+    model, test = honest
+    c = cfg(tmp_path, resume_dir=None)
+    a = evaluate_model(model, test, c, CPU, seed=3)
+    b = evaluate_model(model, test, c, CPU, seed=3)
+    assert a.metrics() == b.metrics()
+    acc = a.accuracy
+    assert acc["worst_case"] <= min(v for k, v in acc.items() if k != "worst_case")
+    assert acc["autoattack"] <= min(acc["pgd_sat"], acc["pgd_trades"], acc["cw_inf"])
+    assert a.weighted_robust["cw_inf"] == pytest.approx((acc["clean"] + acc["cw_inf"]) / 2)
+    assert a.eps_curve["0"] == acc["clean"]
+    assert a.eps_curve["4"] <= acc["clean"]
+
+
+def test_per_class_by_hand():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    clean = torch.tensor([True, True, True, False, True, True])
+    robust = torch.tensor([True, False, False, False, True, True])
+    out = per_class(labels, clean, robust, ["a", "b", "c"])
+    assert out["clean"] == {"a": 100.0, "b": 50.0, "c": 100.0}
+    assert out["robust"] == {"a": 50.0, "b": 0.0, "c": 100.0}
+    assert (out["worst_clean"], out["worst_clean_class"]) == (50.0, "b")
+    assert (out["worst_robust"], out["worst_robust_class"]) == (0.0, "b")
+
+
+# ------------------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny ResNet-18 saved in our format and as a plain state_dict, and a 32x32 test split."""
+    d = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, 0.0625)
+    save_model(
+        d / "student.pt",
+        model,
+        arch="resnet18",
+        width=0.0625,
+        num_classes=10,
+        meta={"stage": "distill", "epoch": 3, "selection": "best"},
+    )
+    torch.save(model.state_dict(), d / "plain.pt")
+    rng = np.random.default_rng(0)
+    save_split(
+        d / "test.npz",
+        Split(rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), np.arange(20) % 10),
+    )
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default resume folder (.cache/evaluate) is relative
+
+
+def run_cli(command: str) -> int:
+    """``python -m bmtard.evaluate <command>`` in-process (paths here contain no spaces)."""
+    return main(command.split())
+
+
+def test_command_writes_metrics_plots_and_card(files, capsys):
+    out = files / "eval"
+    rc = run_cli(
+        f"--checkpoint {files}/student.pt --data {files}/test.npz --out {out} --n-images 20 "
+        "--attacks fgsm,pgd_sat --batch-size 10 --device cpu"
+    )
+    assert rc == 0
+    metrics = json.loads((out / "evaluate.json").read_text())
+    assert list(metrics["accuracy"]) == ["clean", "fgsm", "pgd_sat", "worst_case"]
+    assert set(metrics["sanity"]) >= {"passed", "n_failed", "eps_monotone", "gradients"}
+    with open(out / "eps_curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["eps"] for r in rows] == ["0", "2", "4", "8", "16"]
+    with open(out / "per_class.csv") as f:
+        assert len(list(csv.DictReader(f))) == 10
+    card = json.loads((files / "student.card.json").read_text())  # next to the checkpoint
+    keys = "architecture dataset threat_model eps n_test_points clean_acc autoattack_version"
+    for key in (keys + " sanity checkpoint_sha256 attacks_acc").split():
+        assert key in card, key
+    assert card["checkpoint_sha256"] == sha256_file(files / "student.pt")
+    assert (card["architecture"], card["dataset"], card["eps"]) == ("resnet18", "cifar10", "8/255")
+    assert card["n_test_points"] == 20 and card["training"]["epoch"] == 3
+    assert card["clean_acc"] == metrics["accuracy"]["clean"]
+
+
+def test_command_takes_a_plain_state_dict_with_arch(files):
+    out = files / "plain"
+    rc = run_cli(
+        f"--checkpoint {files}/plain.pt --arch resnet18 --width 0.0625 --data {files}/test.npz "
+        f"--out {out} --card {out}/card.json --n-images 10 --attacks fgsm --no-sanity --device cpu"
+    )
+    assert rc == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["architecture"] == "resnet18" and "sanity" not in card
+
+
+def test_command_errors_are_one_line(files, capsys):
+    common = f"--data {files}/test.npz --out {files}/bad --device cpu"
+    rc = run_cli(f"--checkpoint {files}/plain.pt --arch wrn34_10 {common}")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "does not fit wrn34_10" in err[0] and "missing" in err[0]
+    assert not (files / "bad").exists()
+    rc = run_cli(f"--checkpoint {files}/student.pt {common} --eps -1")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "evaluate.eps = -1.0: must be >= 0" in err
+    rc = run_cli(f"--checkpoint {files}/student.pt {common} --attacks deepfool")
+    assert rc == 2 and "evaluate.attacks[0] = 'deepfool'" in capsys.readouterr().err
