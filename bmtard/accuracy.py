@@ -1,38 +1,13 @@
-"""Accuracy of a model on clean or attacked batches, sample by sample."""
+"""Accuracy in % and the in-training monitor (clean and PGD accuracy on the test split)."""
 
 from __future__ import annotations
-
-from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
-from bmtard.attacks.pgd import pgd_ce
 from bmtard.config import MonitorConfig
-
-#: (model, x, y) -> x_adv, with the attack's settings bound
-Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
-
-
-def correct(
-    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], attack: Attack | None = None
-) -> Tensor:
-    """Bool (N,) on the CPU: is each image classified correctly (after ``attack``, if given)?
-
-    The model is put in eval mode; its mode is restored afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for x, y in batches:
-            if attack is not None:
-                x = attack(model, x, y)
-            with torch.no_grad():
-                out.append((model(x).argmax(1) == y).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+from bmtard.datasets import Split
+from bmtard.evalrun import Runner, Task, pgd_attack
 
 
 def percent(mask: Tensor) -> float:
@@ -41,23 +16,15 @@ def percent(mask: Tensor) -> float:
 
 
 def monitor(
-    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: MonitorConfig
+    model: nn.Module, test: Split, cfg: MonitorConfig, device: torch.device, seed: int = 0
 ) -> dict[str, float]:
-    """The in-training check: clean accuracy and, if cfg.pgd_steps > 0, PGD-CE accuracy (uniform
-    start, eps and step in 1/255; the official monitor is PGD-20, step 0.003). Values in %."""
-    out = {"clean_acc": percent(correct(model, batches))}
+    """The in-training check on the first ``cfg.n_images`` test images: clean accuracy and, if
+    cfg.pgd_steps > 0, PGD-CE accuracy (uniform start, eps and step in 1/255; the official monitor
+    is PGD-20, step 0.003). Values in %; the model's train/eval mode is left as it was."""
+    n = test.n_first(cfg.n_images)
+    run = Runner(model, test, batch_size=cfg.batch_size, device=device, seed=seed)
+    out = {"clean_acc": percent(run.mask(Task("clean", None, n)))}
     if cfg.pgd_steps > 0:
-
-        def attack(m: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-            return pgd_ce(
-                m,
-                x,
-                y,
-                eps=cfg.eps / 255,
-                step_size=cfg.pgd_step_size / 255,
-                steps=cfg.pgd_steps,
-                init="uniform",
-            )
-
-        out["pgd_acc"] = percent(correct(model, batches, attack))
+        attack = pgd_attack(cfg.eps, cfg.pgd_steps, cfg.pgd_step_size)
+        out["pgd_acc"] = percent(run.mask(Task("pgd", attack, n)))
     return out

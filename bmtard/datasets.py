@@ -37,6 +37,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def n_first(self, limit: int | None) -> int:
+        """How many images "the first ``limit``" are here (all of them for None)."""
+        return len(self) if limit is None else min(limit, len(self))
+
 
 def save_split(path: str | Path, split: Split) -> None:
     """Write a split as an uncompressed .npz, atomically."""

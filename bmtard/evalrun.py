@@ -11,6 +11,7 @@ own, but restoring it fails in that release, so resuming happens here, between b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from bmtard.attacks.pgd import pgd_ce
 from bmtard.datasets import Split
 from bmtard.io import write_json
 from bmtard.loader import Batches
@@ -31,6 +33,12 @@ log = logging.getLogger(__name__)
 
 #: (model, x, y) -> x_adv
 Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+def pgd_attack(eps: float, steps: int = 20, step_size: float | None = None) -> Attack:
+    """PGD-CE at eps (1/255) from a uniform start; step eps/4 unless given (in 1/255)."""
+    step = (eps / 4 if step_size is None else step_size) / 255
+    return functools.partial(pgd_ce, eps=eps / 255, step_size=step, steps=steps, init="uniform")
 
 
 def digest(data: Any) -> str:
@@ -84,7 +92,11 @@ class Task:
 
 
 class Runner:
-    """Evaluates tasks on the first images of a split and remembers each task's mask."""
+    """Evaluates tasks on the first images of a split and remembers each task's mask.
+
+    Attacks draw their random starts from a seed of their own (``batch_seed``) inside
+    ``torch.random.fork_rng``, so evaluating never changes the random stream of a training run.
+    """
 
     def __init__(
         self,
@@ -97,7 +109,7 @@ class Runner:
         state: ResumeState | None = None,
         on_batch: Callable[[str, int], None] | None = None,
     ) -> None:
-        self.model = model.float().eval()
+        self.model = model
         self.split = split
         self.batch_size = batch_size
         self.device = device
@@ -105,36 +117,51 @@ class Runner:
         self.state = state or ResumeState(None, "")
         self.on_batch = on_batch  # called after each computed batch (tests interrupt here)
         self.masks: dict[str, Tensor] = {}
+        self._batches: dict[int, Batches] = {}
 
     def mask(self, task: Task) -> Tensor:
-        """Bool (task.n,): image i is still classified correctly under the task's attack."""
+        """Bool (task.n,): image i is still classified correctly under the task's attack.
+
+        The model runs in eval mode (its mode is restored afterwards)."""
         if task.name in self.masks:
             return self.masks[task.name]
-        batches = Batches(self.split, self.batch_size, device=self.device, limit=task.n)
+        if task.n not in self._batches:
+            self._batches[task.n] = Batches(
+                self.split, self.batch_size, device=self.device, limit=task.n
+            )
         parts = []
-        bar = tqdm(batches, desc=task.name, unit="batch", leave=False, disable=None)
-        for index, (x, y) in enumerate(bar):
-            done = self.state.get(task.name, index)
-            if done is None:
-                done = self._batch(task, index, x, y)
-                self.state.put(task.name, index, done)
-                if self.on_batch is not None:
-                    self.on_batch(task.name, index)
-            parts.append(done)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            bar = tqdm(
+                self._batches[task.n], desc=task.name, unit="batch", leave=False, disable=None
+            )
+            for index, (x, y) in enumerate(bar):
+                done = self.state.get(task.name, index)
+                if done is None:
+                    done = self._batch(task, index, x, y)
+                    self.state.put(task.name, index, done)
+                    if self.on_batch is not None:
+                        self.on_batch(task.name, index)
+                parts.append(done)
+        finally:
+            self.model.train(was_training)
         out = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
         self.masks[task.name] = out
         return out
 
     def _batch(self, task: Task, index: int, x: Tensor, y: Tensor) -> Tensor:
         ok = torch.ones(len(y), dtype=torch.bool)
+        devices = [x.device] if x.device.type == "cuda" else []
         for restart in range(task.restarts):  # each restart attacks only the survivors
             idx = ok.nonzero().squeeze(1)
             if len(idx) == 0:
                 break
             xs, ys = x[idx.to(x.device)], y[idx.to(y.device)]
             if task.attack is not None:
-                torch.manual_seed(batch_seed(self.seed, f"{task.name}/{restart}", index))
-                xs = task.attack(self.model, xs, ys)
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(batch_seed(self.seed, f"{task.name}/{restart}", index))
+                    xs = task.attack(self.model, xs, ys)
             with torch.no_grad():
                 ok[idx] = (self.model(xs).argmax(1) == ys).cpu()
         return ok

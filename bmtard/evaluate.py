@@ -115,9 +115,8 @@ def evaluate_teacher(
     model: nn.Module, test: Split, cfg: EvaluateConfig, device: torch.device, seed: int = 0
 ) -> dict[str, float]:
     """A teacher's clean and PGD_TRADES (PGD-20, step 0.003) accuracy (%)."""
-    n = cfg.teacher_n_images or cfg.n_images or len(test)
-    n = min(n, len(test))
-    run = Runner(model, test, batch_size=cfg.batch_size, device=device, seed=seed)
+    n = test.n_first(cfg.teacher_n_images or cfg.n_images)
+    run = Runner(model.float(), test, batch_size=cfg.batch_size, device=device, seed=seed)
     clean = run.mask(Task("clean", None, n))
     pgd = run.mask(Task("pgd_trades", protocol_attack("pgd_trades", cfg.eps), n))
     return {"clean": percent(clean), "pgd_trades": percent(pgd), "n_images": n}

@@ -28,7 +28,7 @@ from bmtard.attacks.fgsm import fgsm
 from bmtard.attacks.pgd import pgd_ce
 from bmtard.config import EVAL_ATTACKS, EvaluateConfig
 from bmtard.datasets import Split
-from bmtard.evalrun import Attack, ResumeState, Runner, Task, digest
+from bmtard.evalrun import Attack, ResumeState, Runner, Task, digest, pgd_attack
 from bmtard.loader import to_tensor
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,6 @@ def protocol_attack(name: str, eps: float, cw_kappa: float = 50.0, seed: int = 0
     if name == "autoattack":
         return functools.partial(autoattack, eps=e, version="standard", seed=seed)
     raise ValueError(f"attack {name!r}: allowed are {', '.join(EVAL_ATTACKS)}")
-
-
-def pgd_scaled(eps: float, steps: int = 20, step_size: float | None = None) -> Attack:
-    """PGD-CE at eps (1/255) from a uniform start; step eps/4 unless given (1/255)."""
-    step = (eps / 4 if step_size is None else step_size) / 255
-    return functools.partial(pgd_ce, eps=eps / 255, step_size=step, steps=steps, init="uniform")
 
 
 def transferred(source: nn.Module, eps: float) -> Attack:
@@ -133,7 +127,8 @@ def evaluate_model(
     ``model_id`` (e.g. the checkpoint's SHA-256) keys the resume state together with the data
     and the protocol, so a changed model never reuses old results.
     """
-    n = len(test) if cfg.n_images is None else min(cfg.n_images, len(test))
+    model = model.float()
+    n = test.n_first(cfg.n_images)
     key = digest([model_id, data_digest(test, n), asdict(cfg), seed, transfer_source is not None])
     state = ResumeState(cfg.resume_dir, key)
     run = Runner(
@@ -166,7 +161,7 @@ def evaluate_model(
 
     curve = {}
     for e in cfg.eps_curve:
-        task = Task(f"eps_curve@{e:g}", pgd_scaled(e) if e > 0 else None, n)
+        task = Task(f"eps_curve@{e:g}", pgd_attack(e) if e > 0 else None, n)
         curve[e] = percent(run.mask(task))
     labels = torch.from_numpy(test.labels[:n])
     names = class_names or [str(c) for c in range(int(test.labels.max()) + 1)]
@@ -226,12 +221,12 @@ def run_sanity(
     white = {k: sub[k] for k in sanity.WHITE_BOX if k in sub}
     pgds = {k: sub[k] for k in ("pgd_sat", "pgd_trades") if k in sub}
 
-    big = percent(run.mask(Task("large_eps", pgd_scaled(s.large_eps), m)))
+    big = percent(run.mask(Task("large_eps", pgd_attack(s.large_eps), m)))
     strong_step = 2.5 * cfg.eps / s.strong_steps  # Madry et al.'s rule: 2.5 eps over the steps
     strong = percent(
         run.mask(
             Task(
-                "strong_pgd", pgd_scaled(cfg.eps, s.strong_steps, strong_step), m, s.strong_restarts
+                "strong_pgd", pgd_attack(cfg.eps, s.strong_steps, strong_step), m, s.strong_restarts
             )
         )
     )

@@ -46,9 +46,6 @@ class StageData:
         manifest = json.loads(mpath.read_text())
         return cls(load_split(data_dir / "train.npz"), load_split(data_dir / "test.npz"), manifest)
 
-    def test_batches(self, cfg: MonitorConfig, device: torch.device) -> Batches:
-        return Batches(self.test, cfg.batch_size, device=device, limit=cfg.n_images)
-
 
 @dataclass
 class Selection:
@@ -110,13 +107,12 @@ def train_and_save(
     train_batches = Batches(
         data.train, optim.batch_size, device=device, shuffle=True, augment=True, seed=seed
     )
-    test_batches = data.test_batches(monitor, device)
     sel = Selection(selection)
 
     def check(epoch: int) -> dict[str, float] | None:
         if not should_monitor(epoch, optim.epochs, monitor):
             return None
-        return run_monitor(model, test_batches, monitor)
+        return run_monitor(model, data.test, monitor, device, seed)
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         tracker.log(epoch, metrics)
@@ -139,7 +135,7 @@ def train_and_save(
         "%s: %d train images, %d monitor images, %d epochs on %s",
         desc,
         train_batches.num_images,
-        test_batches.num_images,
+        data.test.n_first(monitor.n_images),
         optim.epochs,
         device,
     )

@@ -36,7 +36,7 @@ def _use_checkpoint(
     images, and save it in our format."""
     assert cfg.checkpoint is not None
     model = import_state_dict(cfg.checkpoint, spec.arch, spec.num_classes, spec.width).to(device)
-    metrics = run_monitor(model, data.test_batches(cfg.monitor, device), cfg.monitor)
+    metrics = run_monitor(model, data.test, cfg.monitor, device)
     log.info("%s: imported %s: %s", section, cfg.checkpoint, metrics)
     tracker.log(0, metrics)
     tracker.summary({"source": "checkpoint", **metrics})

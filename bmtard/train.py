@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -97,9 +97,3 @@ _SHOWN = ("loss", "clean_acc", "pgd_acc", "tau_nat", "w_adv")
 
 def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-
-
-def batches_of(x: Tensor, y: Tensor, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
-    """Fixed-order batches of in-memory tensors."""
-    for i in range(0, len(y), batch_size):
-        yield x[i : i + batch_size], y[i : i + batch_size]
