@@ -122,6 +122,34 @@ def evaluate_teacher(
     return {"clean": percent(clean), "pgd_trades": percent(pgd), "n_images": n}
 
 
+def evaluate_file(
+    model: nn.Module,
+    info: dict[str, Any],
+    test_path: str | Path,
+    cfg: EvaluateConfig,
+    device: torch.device,
+    seed: int,
+    transfer_source: nn.Module | None,
+) -> tuple[Evaluation, Split, str]:
+    """The protocol on a test split file; class names and dataset come from the manifest beside
+    it when there is one (else from the model's number of classes)."""
+    test = load_split(test_path)
+    path = Path(test_path).with_name("manifest.json")
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    ev = evaluate_model(
+        model,
+        test,
+        cfg,
+        device,
+        seed=seed,
+        model_id=info["sha256"],
+        transfer_source=transfer_source,
+        class_names=manifest.get("classes"),
+    )
+    n = info["num_classes"]
+    return ev, test, manifest.get("dataset") or DATASET_BY_CLASSES.get(n, f"{n} classes")
+
+
 def evaluate_pipeline(
     cfg: EvaluateConfig,
     seed: int,
@@ -137,25 +165,16 @@ def evaluate_pipeline(
 ) -> None:
     """The evaluate stage: the protocol and sanity checks on the student (the robust teacher is
     the transfer source), a check of both teachers, then every output file."""
-    test = load_split(Path(data_dir) / "test.npz")
-    manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
     model, info = load_model(student, device)
     teachers = {
         role: load_model(p, device)
         for role, p in (("clean", clean_teacher), ("robust", robust_teacher))
     }
-    ev = evaluate_model(
-        model,
-        test,
-        cfg,
-        device,
-        seed=seed,
-        model_id=info["sha256"],
-        transfer_source=teachers["robust"][0],
-        class_names=manifest.get("classes"),
+    ev, test, dataset = evaluate_file(
+        model, info, Path(data_dir) / "test.npz", cfg, device, seed, teachers["robust"][0]
     )
-    numbers = {"teachers": {}}
-    the_card = model_card(ev, info, student, manifest["dataset"])
+    numbers: dict[str, Any] = {"teachers": {}}
+    the_card = model_card(ev, info, student, dataset)
     the_card["teachers"] = {}
     for role, (teacher, tinfo) in teachers.items():
         acc = evaluate_teacher(teacher, test, cfg, device, seed)
@@ -254,20 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = resolve_device(device_name)
         model, info = _load_any(args.checkpoint, args.arch, args.width, args.num_classes, device)
         source = load_model(args.transfer_from, device)[0] if args.transfer_from else None
-        test = load_split(args.data)
-        manifest = Path(args.data).with_name("manifest.json")
-        names = json.loads(manifest.read_text()).get("classes") if manifest.is_file() else None
-        ev = evaluate_model(
-            model,
-            test,
-            cfg,
-            device,
-            seed=seed,
-            model_id=info["sha256"],
-            transfer_source=source,
-            class_names=names,
-        )
-        dataset = DATASET_BY_CLASSES.get(info["num_classes"], f"{info['num_classes']} classes")
+        ev, _, dataset = evaluate_file(model, info, args.data, cfg, device, seed, source)
         card_path = args.card or Path(args.checkpoint).with_suffix(".card.json")
         out = Path(args.out)
         write_outputs(

@@ -82,6 +82,12 @@ class ModelSpec:
     width: float
     num_classes: int
 
+    def save(self, path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+        """Save ``model`` in our checkpoint format with this spec and ``meta`` (atomically)."""
+        save_model(
+            path, model, arch=self.arch, width=self.width, num_classes=self.num_classes, meta=meta
+        )
+
 
 def train_and_save(
     model: nn.Module,
@@ -117,18 +123,10 @@ def train_and_save(
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         tracker.log(epoch, metrics)
         if sel.consider(epoch, optim.epochs, metrics):
-            save_model(
+            spec.save(
                 out_model,
                 model,
-                arch=spec.arch,
-                width=spec.width,
-                num_classes=spec.num_classes,
-                meta={
-                    **meta,
-                    "epoch": epoch,
-                    "selection": selection,
-                    "selected_metrics": dict(metrics),
-                },
+                {**meta, "epoch": epoch, "selection": selection, "selected_metrics": dict(metrics)},
             )
 
     log.info(

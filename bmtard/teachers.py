@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bmtard.accuracy import monitor as run_monitor
-from bmtard.checkpoint import import_state_dict, save_model
+from bmtard.checkpoint import import_state_dict
 from bmtard.config import CleanTeacherConfig, RobustTeacherConfig, RunConfig, to_dict
 from bmtard.io import sha256_file
 from bmtard.methods.adversarial import PGDAT, TRADES
@@ -40,13 +40,10 @@ def _use_checkpoint(
     log.info("%s: imported %s: %s", section, cfg.checkpoint, metrics)
     tracker.log(0, metrics)
     tracker.summary({"source": "checkpoint", **metrics})
-    save_model(
+    spec.save(
         out_model,
         model,
-        arch=spec.arch,
-        width=spec.width,
-        num_classes=spec.num_classes,
-        meta={
+        {
             "stage": section,
             "source": str(cfg.checkpoint),
             "source_sha256": sha256_file(cfg.checkpoint),

@@ -15,7 +15,11 @@ from bmtard.models._width import scaled
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers plus a shortcut: (N, in_planes, H, W) -> (N, planes, H/s, W/s)."""
+    """Two 3x3 conv-BN layers plus a shortcut: (N, in_planes, H, W) -> (N, planes, H/s, W/s).
+
+    The same block as ResNet-18's, but its projection is named ``downsample`` (an optional
+    module) as in the MTARD ResNet-56 checkpoint, so that checkpoint loads key for key.
+    """
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
