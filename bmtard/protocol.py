@@ -122,12 +122,15 @@ def evaluate_model(
     class_names: list[str] | None = None,
     on_batch=None,
 ) -> Evaluation:
-    """Run the protocol, the eps-curve and the sanity checks on ``model``.
+    """Run the protocol, the eps-curve and the sanity checks on ``model`` (put in eval mode, fp32).
 
     ``model_id`` (e.g. the checkpoint's SHA-256) keys the resume state together with the data
     and the protocol, so a changed model never reuses old results.
     """
-    model = model.float()
+    model = model.float().eval()
+    # the reference AutoAttack runs the autoattack attack and the sanity checks' Square attack:
+    # fail now, before any work, if it is missing
+    aa_version = autoattack_version() if "autoattack" in cfg.attacks or cfg.sanity.enabled else None
     n = test.n_first(cfg.n_images)
     key = digest([model_id, data_digest(test, n), asdict(cfg), seed, transfer_source is not None])
     state = ResumeState(cfg.resume_dir, key)
@@ -187,10 +190,10 @@ def evaluate_model(
         "seed": seed,
         "eps_curve": "PGD-20, step eps/4, uniform start",
     }
-    if "autoattack" in cfg.attacks or (cfg.sanity.enabled and cfg.sanity.square_queries):
+    if aa_version is not None:
         protocol["autoattack"] = {
             "package": "pyautoattack",
-            "version": autoattack_version(),
+            "version": aa_version,
             "mode": "standard",
         }
     return Evaluation(
