@@ -89,7 +89,8 @@ def write_outputs(
     plots: str | Path,
     extra_metrics: dict | None = None,
 ) -> None:
-    """Write the metrics JSON, both plot CSVs and the model card (each atomically)."""
+    """Write the metrics JSON, both plot CSVs and the model card (each atomically); then drop
+    the evaluation's resume state."""
     plots = Path(plots)
     curve = [["eps", "accuracy"]] + [[e, v] for e, v in ev.eps_curve.items()]
     classes = [["class", "clean", "robust"]] + [
@@ -100,6 +101,7 @@ def write_outputs(
         write_atomic(plots / name, lambda tmp, text=text: tmp.write_text(text))
     write_json(metrics, {**ev.metrics(), **(extra_metrics or {})})
     write_json(card_path, card)
+    ev.finish()
 
 
 def fail_if_asked(ev: Evaluation, cfg: EvaluateConfig) -> None:
@@ -129,13 +131,15 @@ def evaluate_file(
     cfg: EvaluateConfig,
     device: torch.device,
     seed: int,
-    transfer_source: nn.Module | None,
+    transfer: tuple[nn.Module, dict[str, Any]] | None,
 ) -> tuple[Evaluation, Split, str]:
-    """The protocol on a test split file; class names and dataset come from the manifest beside
-    it when there is one (else from the model's number of classes)."""
+    """The protocol on a test split file; ``transfer`` = (model, info) to craft the transfer
+    attack on. Class names and dataset come from the manifest beside the file when there is one
+    (else from the model's number of classes)."""
     test = load_split(test_path)
     path = Path(test_path).with_name("manifest.json")
     manifest = json.loads(path.read_text()) if path.is_file() else {}
+    source, source_info = transfer if transfer is not None else (None, {"sha256": ""})
     ev = evaluate_model(
         model,
         test,
@@ -143,7 +147,8 @@ def evaluate_file(
         device,
         seed=seed,
         model_id=info["sha256"],
-        transfer_source=transfer_source,
+        transfer_source=source,
+        transfer_id=source_info["sha256"],
         class_names=manifest.get("classes"),
     )
     n = info["num_classes"]
@@ -171,7 +176,7 @@ def evaluate_pipeline(
         for role, p in (("clean", clean_teacher), ("robust", robust_teacher))
     }
     ev, test, dataset = evaluate_file(
-        model, info, Path(data_dir) / "test.npz", cfg, device, seed, teachers["robust"][0]
+        model, info, Path(data_dir) / "test.npz", cfg, device, seed, teachers["robust"]
     )
     numbers: dict[str, Any] = {"teachers": {}}
     the_card = model_card(ev, info, student, dataset)
@@ -272,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg, seed, device_name = _config(args)
         device = resolve_device(device_name)
         model, info = _load_any(args.checkpoint, args.arch, args.width, args.num_classes, device)
-        source = load_model(args.transfer_from, device)[0] if args.transfer_from else None
+        source = load_model(args.transfer_from, device) if args.transfer_from else None
         ev, _, dataset = evaluate_file(model, info, args.data, cfg, device, seed, source)
         card_path = args.card or Path(args.checkpoint).with_suffix(".card.json")
         out = Path(args.out)

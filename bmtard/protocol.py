@@ -78,6 +78,11 @@ class Evaluation:
     checks: list[sanity.Check]
     autoattack_warnings: list[str] | None
     protocol: dict[str, Any]
+    resume: ResumeState
+
+    def finish(self) -> None:
+        """The results are safely written: drop the per-batch resume state."""
+        self.resume.finish()
 
     def metrics(self) -> dict[str, Any]:
         """The numbers, for dvc metrics / exp show (per-class in full is in the card)."""
@@ -119,20 +124,23 @@ def evaluate_model(
     seed: int = 0,
     model_id: str = "",
     transfer_source: nn.Module | None = None,
+    transfer_id: str = "",
     class_names: list[str] | None = None,
     on_batch=None,
 ) -> Evaluation:
     """Run the protocol, the eps-curve and the sanity checks on ``model`` (put in eval mode, fp32).
 
-    ``model_id`` (e.g. the checkpoint's SHA-256) keys the resume state together with the data
-    and the protocol, so a changed model never reuses old results.
+    ``model_id`` and ``transfer_id`` (e.g. the checkpoints' SHA-256) key the resume state
+    together with the data and the protocol, so a changed model never reuses old results. The
+    state is kept until ``Evaluation.finish()`` (called once the results are written).
     """
     model = model.float().eval()
     # the reference AutoAttack runs the autoattack attack and the sanity checks' Square attack:
     # fail now, before any work, if it is missing
     aa_version = autoattack_version() if "autoattack" in cfg.attacks or cfg.sanity.enabled else None
     n = test.n_first(cfg.n_images)
-    key = digest([model_id, data_digest(test, n), asdict(cfg), seed, transfer_source is not None])
+    transfer = transfer_id if transfer_source is not None else None
+    key = digest([model_id, transfer, data_digest(test, n), asdict(cfg), seed])
     state = ResumeState(cfg.resume_dir, key)
     run = Runner(
         model,
@@ -178,7 +186,6 @@ def evaluate_model(
             log.warning("SANITY CHECK FAILED: %s: %s", c.name, c.detail)
         else:
             log.info("sanity %s: %s", c.name, c.detail)
-    state.finish()
     protocol = {
         "threat_model": "Linf",
         "eps": cfg.eps,
@@ -205,6 +212,7 @@ def evaluate_model(
         checks,
         warnings,
         protocol,
+        state,
     )
 
 

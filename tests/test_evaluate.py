@@ -77,7 +77,10 @@ def test_resumed_evaluation_equals_uninterrupted_and_skips_finished_batches(hone
     assert resumed.accuracy == full.accuracy
     assert resumed.eps_curve == full.eps_curve
     assert [c.as_dict() for c in resumed.checks] == [c.as_dict() for c in full.checks]
-    assert not list((tmp_path / "b" / "state").glob("*.json"))  # removed once complete
+    # the state stays until the results are written (finish), then it is removed
+    assert list((tmp_path / "b" / "state").glob("*.json"))
+    resumed.finish()
+    assert not list((tmp_path / "b" / "state").glob("*.json"))
 
 
 def test_state_of_another_model_is_not_reused(honest, tmp_path):
