@@ -195,7 +195,7 @@ class SanityConfig:
     large_eps: float = _spec(64.0, gt=0)  # at this eps (1/255) white-box accuracy must be ~0
     large_eps_max_acc: float = _spec(2.0, ge=0, le=100)  # ... at most this (%)
     strong_steps: int = _spec(100, ge=1)  # a stronger PGD: more steps ...
-    strong_restarts: int = _spec(5, ge=1)  # ... and random restarts (step eps/4)
+    strong_restarts: int = _spec(5, ge=1)  # ... and random restarts (step 2.5 eps / steps)
     square_queries: int = _spec(1000, ge=1)  # black-box Square (reference AutoAttack code)
     transfer: bool = True  # PGD crafted on the robust teacher, applied to the student
     gradient_samples: int = _spec(100, ge=1)  # images whose input gradients are inspected

@@ -3,7 +3,7 @@
 Long evaluations (AutoAttack on 10,000 images) are cut into batches; after every batch its result
 (which images stayed correctly classified) is saved to a small JSON state file. A rerun with the
 same model, data and protocol (the same ``key``) takes finished batches from the file and only
-attacks the rest; the file is removed once the evaluation is complete. Each batch's attack is
+attacks the rest; the file is removed once the results are written. Each batch's attack is
 seeded from (seed, task, batch index), so a resumed run gives exactly the numbers of an
 uninterrupted one. (The packaged reference AutoAttack, pyautoattack 0.2.0, has a state file of its
 own, but restoring it fails in that release, so resuming happens here, between batches.)
