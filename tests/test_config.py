@@ -1,12 +1,25 @@
 """Parameter validation: every bad value stops with one line naming the key and what is allowed."""
 
+import argparse
 import copy
+import dataclasses
+import math
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bmtard.config import ARCHS, Params, load_params, parse_params, to_dict
+from bmtard.config import (
+    ARCHS,
+    MISSING_KEY,
+    SECTIONS,
+    Params,
+    RunConfig,
+    load_params,
+    parse_params,
+    to_dict,
+)
 from bmtard.errors import ParamsError
 
 from conftest import ROOT
@@ -109,7 +122,56 @@ def with_value(dotted, value):
         ("distill.balance.w_adv_init", 1.5, "distill.balance.w_adv_init = 1.5: must be <= 1"),
         ("robust_teacher.method", "mart", "robust_teacher.method = 'mart': allowed are trades"),
         ("data.train_limit", 0, "data.train_limit = 0: must be >= 1"),
-        ("distill.optim", 3, "distill.optim: expected a mapping"),
+        ("distill.optim", 3, "distill.optim = 3: expected a mapping with keys epochs, batch_size"),
+        ("distill.optim.lr", float("nan"), "distill.optim.lr = nan: must be a finite number"),
+        ("distill.optim.lr", float("inf"), "distill.optim.lr = inf: must be a finite number"),
+        ("evaluate.eps", float("-inf"), "evaluate.eps = -inf: must be a finite number"),
+        ("distill.optim.lr", 1e300, "distill.optim.lr = 1e+300: must be <= 100"),
+        pytest.param(
+            "distill.optim.lr",
+            10**400,
+            f"distill.optim.lr = 1{'0' * 36}...: must be a finite number",
+            id="int-beyond-float",
+        ),
+        (
+            "distill.optim.epochs",
+            10**18,
+            "distill.optim.epochs = 1000000000000000000: must be <= 100000",
+        ),
+        ("run.seed", 2**32, "run.seed = 4294967296: must be <= 4294967295"),
+        ("distill.width", 9, "distill.width = 9: must be <= 8"),
+        ("distill.optim.milestones", [0, 3], "distill.optim.milestones[0] = 0: must be >= 1"),
+        ("distill.optim.milestones", [3, 3], "distill.optim.milestones = [3, 3]: must be strictly"),
+        (
+            "distill.optim.milestones",
+            [1, 10**6],
+            "distill.optim.milestones[1] = 1000000: must be <=",
+        ),
+        (
+            "distill.optim.milestones",
+            [1.0],
+            "distill.optim.milestones[0] = 1.0: expected an integer",
+        ),
+        ("evaluate.eps_curve", [0, float("nan")], "evaluate.eps_curve[1] = nan: must be a finite"),
+        ("evaluate.eps_curve", [-1, 2], "evaluate.eps_curve[0] = -1: must be >= 0"),
+        ("evaluate.eps_curve", [0, 256], "evaluate.eps_curve[1] = 256: must be <= 255"),
+        (
+            "evaluate.eps_curve",
+            [4, 2],
+            "evaluate.eps_curve = [4.0, 2.0]: must be strictly increasing",
+        ),
+        ("run.device", "cuda:\u00b2", "run.device = 'cuda:\u00b2': allowed are"),
+        (
+            "data.download_root",
+            "",
+            "data.download_root = '': must be a non-empty string without NUL",
+        ),
+        ("evaluate.resume_dir", "a\0b", "evaluate.resume_dir = 'a\\x00b': must be a non-empty"),
+        ("run.save_every_minutes", -1, "run.save_every_minutes = -1: must be >= 0"),
+        ("run.save_every_minutes", 10081, "run.save_every_minutes = 10081: must be <= 10080"),
+        ("run.save_every_minutes", "10m", "run.save_every_minutes = '10m': expected a number"),
+        ("run.state_dir", 3, "run.state_dir = 3: expected a string"),
+        ("clean_teacher", [1, 2], "clean_teacher = [1, 2]: expected a mapping with keys arch"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(key, value, message):
@@ -141,6 +203,218 @@ def test_file_errors_name_the_file(tmp_path: Path):
     bad.write_text(yaml.safe_dump(with_value("evaluate.eps", -8)))
     with pytest.raises(ParamsError, match=r"p\.yaml: evaluate\.eps = -8"):
         load_params(bad)
+
+
+def load_error(path: Path, content: str | bytes) -> str:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(ParamsError) as e:
+        load_params(path)
+    text = str(e.value)
+    assert "\n" not in text
+    return text
+
+
+SECTION_LIST = "run, data, clean_teacher, robust_teacher, distill, evaluate"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", f"empty; required sections: {SECTION_LIST}"),
+        ("# only a comment\n\n   \n", f"empty; required sections: {SECTION_LIST}"),
+        ("---\n", f"empty; required sections: {SECTION_LIST}"),
+        (
+            "[run, data]\n",
+            f"top level = ['run', 'data']: expected a mapping with keys {SECTION_LIST}",
+        ),
+        ("42\n", f"top level = 42: expected a mapping with keys {SECTION_LIST}"),
+        (
+            "just some words\n",
+            f"top level = 'just some words': expected a mapping with keys {SECTION_LIST}",
+        ),
+        (
+            "run: [unclosed\n",
+            "not valid YAML (line 2: expected ',' or ']', but got '<stream end>')",
+        ),
+        ("a: b: c\n", "not valid YAML (line 1: mapping values are not allowed here)"),
+        ("a: 1\n---\nb: 2\n", "not valid YAML (line 2: but found another document)"),
+        ("seed: 2024-13-01\n", "not valid YAML (month must be in 1..12)"),
+        (
+            b"run:\n  seed: \xff\n",
+            "not UTF-8 (byte 0xff at offset 13); expected a UTF-8 YAML text file",
+        ),
+        (
+            "caf\u00e9: 1\n".encode("latin-1"),
+            "not UTF-8 (byte 0xe9 at offset 3); expected a UTF-8 YAML text file",
+        ),
+        (
+            b"\x00\x01\x02binary",
+            "not valid YAML (unacceptable character #x0000: special characters are not allowed)",
+        ),
+    ],
+    ids=lambda v: repr(v)[:30],
+)
+def test_a_file_that_is_not_a_params_mapping_is_named(tmp_path: Path, content, message):
+    path = tmp_path / "p.yaml"
+    assert load_error(path, content) == f"{path}: {message}"
+
+
+def test_a_directory_is_not_a_params_file(tmp_path: Path):
+    with pytest.raises(ParamsError) as e:
+        load_params(tmp_path)
+    assert str(e.value) == f"{tmp_path}: is a directory; expected a YAML parameter file"
+
+
+QUICK_TEXT = (ROOT / "presets" / "quick.yaml").read_text()
+
+
+def test_duplicate_keys_are_refused_with_their_line_and_mapping(tmp_path: Path):
+    path = tmp_path / "p.yaml"
+    lines = QUICK_TEXT.splitlines(keepends=True)
+    i = lines.index("    lr: 0.1\n", QUICK_TEXT[: QUICK_TEXT.index("distill:")].count("\n"))
+    text = "".join(lines[: i + 1] + ["    lr: 0.5\n"] + lines[i + 1 :])
+    assert load_error(path, text) == (
+        f"{path}: line {i + 2}: duplicate key 'lr' in distill.optim; each key may be given once"
+    )
+    text = QUICK_TEXT + "run:\n  seed: 1\n"
+    n = text.count("\n") - 1
+    assert load_error(path, text) == (
+        f"{path}: line {n}: duplicate key 'run' at the top level; each key may be given once"
+    )
+    text = QUICK_TEXT.replace("[0, 2, 4, 8, 16]", "[0, {a: 1, a: 2}]")
+    assert "duplicate key 'a' in evaluate.eps_curve[1]" in load_error(path, text)
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path):
+    """A key given by a merge (<<) and again explicitly is an override, as YAML defines it."""
+    text = QUICK_TEXT.replace("evaluate:", "evaluate:\n  <<: {n_images: 7, batch_size: 7}", 1)
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    ev = load_params(path).evaluate
+    assert (ev.n_images, ev.batch_size) == (200, 200)  # the preset's own values win
+
+
+def without(dotted: str) -> dict:
+    raw = copy.deepcopy(BASE)
+    node = raw
+    *parents, last = dotted.split(".")
+    for k in parents:
+        node = node[k]
+    del node[last]
+    return raw
+
+
+@pytest.mark.parametrize(
+    "key", ["run.seed", "distill.optim.lr", "evaluate.sanity.tolerance", "distill.optim"]
+)
+def test_every_key_must_be_given(key):
+    with pytest.raises(ParamsError) as e:
+        parse_params(without(key))
+    assert str(e.value) == f"{key}: {MISSING_KEY}"
+    assert MISSING_KEY == (
+        "missing; every key must be given (params.yaml and presets/quick.yaml list them all)"
+    )
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_every_section_must_be_given(section):
+    with pytest.raises(ParamsError) as e:
+        parse_params(without(section))
+    assert str(e.value) == f"{section}: missing section; required sections: {SECTION_LIST}"
+
+
+def test_load_params_requires_every_key(tmp_path: Path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(without("run.state_dir")))
+    with pytest.raises(ParamsError) as e:
+        load_params(path)
+    assert str(e.value) == f"{path}: run.state_dir: {MISSING_KEY}"
+
+
+def test_incomplete_mode_fills_missing_keys_with_defaults():
+    p = parse_params({"evaluate": {"n_images": 7, "sanity": {"enabled": False}}}, complete=False)
+    assert p.evaluate.n_images == 7 and not p.evaluate.sanity.enabled
+    assert p.evaluate.sanity.n_images == 1000 and p.run == RunConfig()
+    assert p.distill == Params().distill
+    with pytest.raises(ParamsError, match="evaluate.nimages: unknown key"):
+        parse_params({"evaluate": {"nimages": 7}}, complete=False)
+    with pytest.raises(ParamsError, match=r"evaluate.eps = nan: must be a finite number"):
+        parse_params({"evaluate": {"eps": math.nan}}, complete=False)
+
+
+def test_standalone_evaluate_command_uses_the_paper_defaults():
+    from bmtard.evaluate import _config
+
+    flags = dict(n_images=7, eps=None, batch_size=None, attacks="fgsm", no_sanity=True)
+    args = argparse.Namespace(params=None, seed=None, device=None, **flags)
+    cfg, seed, device = _config(args)
+    assert (cfg.n_images, cfg.attacks, cfg.sanity.enabled) == (7, ["fgsm"], False)
+    assert (cfg.eps, cfg.cw_kappa, seed, device) == (8.0, 50.0, 0, "auto")
+
+
+def test_new_run_keys_have_their_documented_defaults():
+    run = load_params(ROOT / "params.yaml").run
+    assert (run.save_every_minutes, run.state_dir) == (10.0, ".cache/train")
+    assert (RunConfig().save_every_minutes, RunConfig().state_dir) == (10.0, ".cache/train")
+    assert parse_params(with_value("run.state_dir", None)).run.state_dir is None
+    assert parse_params(with_value("run.save_every_minutes", 0)).run.save_every_minutes == 0.0
+    for path in FILES:
+        assert list(yaml.safe_load(path.read_text())["run"]) == [
+            "seed",
+            "device",
+            "deterministic",
+            "num_threads",
+            "save_every_minutes",
+            "state_dir",
+        ]
+
+
+def leaves(cls: type, prefix: str = ""):
+    """(dotted key, type, rules) of every non-section field."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from leaves(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", hints[f.name], f.metadata
+
+
+def numeric(tp) -> bool:
+    args = set(typing.get_args(tp)) or {tp}
+    return bool(args & {int, float, list[int], list[float]})
+
+
+NUMERIC = [(key, tp, rules) for key, tp, rules in leaves(Params) if numeric(tp)]
+
+
+def test_every_numeric_key_has_both_bounds():
+    assert len(NUMERIC) > 60
+    for key, _, rules in NUMERIC:
+        assert {"ge", "gt"} & set(rules) and {"le", "lt"} & set(rules), key
+
+
+@pytest.mark.parametrize("key, tp, rules", NUMERIC, ids=[k for k, _, _ in NUMERIC])
+def test_huge_and_non_finite_values_are_refused(key, tp, rules):
+    is_list = typing.get_origin(tp) is list
+    where = f"{key}[0]" if is_list else key
+    bound = rules.get("le", rules.get("lt"))
+    op = "<=" if "le" in rules else "<"
+    for huge in (10**18, 1e300):
+        value = [huge] if is_list else huge
+        with pytest.raises(ParamsError) as e:
+            parse_params(with_value(key, value))
+        floats = float in (typing.get_args(tp) or (tp,)) or tp == list[float]
+        if isinstance(huge, int) or floats:
+            assert str(e.value) == f"{where} = {huge!r}: must be {op} {bound}"
+        else:
+            assert str(e.value) == f"{where} = {huge!r}: expected an integer"
+    with pytest.raises(ParamsError) as e:
+        parse_params(with_value(key, [math.nan] if is_list else math.nan))
+    assert str(e.value).startswith(f"{where} = nan: ")
+    assert str(e.value).endswith(("must be a finite number", "expected an integer"))
 
 
 def test_null_is_allowed_only_where_documented():
