@@ -1,30 +1,67 @@
 """Getting CIFAR-10/100 onto disk as one compact file per split, plus a manifest.
 
-The raw files come from torchvision (download with its MD5 checks) or from an existing local folder
-in the original python-pickle layout. Each split is written as ``<split>.npz`` holding ``images``
-(uint8, N x 32 x 32 x 3, HWC as in the CIFAR files) and ``labels`` (int64, N).
+The raw files come from torchvision's download (the archive and every file MD5-checked) or from an
+existing local folder in the original python-pickle layout; either way they are read by
+``bmtard.cifar_files``, which lets no file run code. Each split is written as ``<split>.npz``
+holding ``images`` (uint8, N x 32 x 32 x 3, HWC as in the CIFAR files) and ``labels`` (int64, N);
+``load_split`` and ``load_manifest`` read them back in the later stages, checking for damage.
 """
 
 from __future__ import annotations
 
-import os
+import http.client
+import json
+import re
+import tarfile
 import urllib.error
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torchvision import datasets as tvd
+from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
+from bmtard.cifar_files import read_batches, read_class_names
 from bmtard.config import DataConfig
 from bmtard.errors import DataError
 from bmtard.io import sha256_file, write_atomic
 
-#: dataset name -> (torchvision class, folder inside the root, number of classes)
-DATASETS: dict[str, tuple[type, str, int]] = {
-    "cifar10": (tvd.CIFAR10, "cifar-10-batches-py", 10),
-    "cifar100": (tvd.CIFAR100, "cifar-100-python", 100),
+
+@dataclass(frozen=True)
+class Layout:
+    """One dataset's files. ``tv`` is the torchvision class whose table (``base_folder``,
+    ``train_list``, ``test_list``, ``meta``, ``url``, ``filename``, ``tgz_md5``) names the files and
+    their official MD5s; it is read when used, never its loader (which unpickles without limits)."""
+
+    tv: Any
+    label_key: str
+    num_classes: int
+
+    @property
+    def folder(self) -> str:
+        return str(self.tv.base_folder)
+
+    def files(self, train: bool) -> list[str]:
+        """The batch files of one split, in their order."""
+        return [name for name, _ in (self.tv.train_list if train else self.tv.test_list)]
+
+    def md5s(self) -> list[tuple[str, str]]:
+        """(file name, official MD5) of every file read: all batches and the meta file."""
+        pairs = [(n, m) for n, m in self.tv.train_list + self.tv.test_list]
+        return pairs + [(self.tv.meta["filename"], self.tv.meta["md5"])]
+
+
+DATASETS: dict[str, Layout] = {
+    "cifar10": Layout(tvd.CIFAR10, "labels", 10),
+    "cifar100": Layout(tvd.CIFAR100, "fine_labels", 100),
 }
+
+#: what to do about a damaged or missing output of the download stage
+RERUN_DOWNLOAD = (
+    "rerun the download stage (dvc repro -f download, or snakemake --cores 1 -f download)"
+)
 
 
 @dataclass(frozen=True)
@@ -52,16 +89,90 @@ def save_split(path: str | Path, split: Split) -> None:
     write_atomic(path, writer)
 
 
-def load_split(path: str | Path) -> Split:
-    """Read a split written by ``save_split``."""
+def load_split(path: str | Path, sha256: str | None = None) -> Split:
+    """Read a split written by ``save_split``: images uint8 (N, H, W, C), labels int64 (N,).
+
+    With ``sha256`` (from data/manifest.json) the file must have exactly that SHA-256; without it,
+    the zip's CRC-32s are checked. Missing, damaged or changed files are a one-line DataError.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found; run the download stage first")
-    with np.load(path, allow_pickle=False) as z:
-        images, labels = z["images"], z["labels"].astype(np.int64)
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise DataError(
+            f"{path}: damaged or changed since the download stage wrote it (its SHA-256 differs "
+            f"from the one in manifest.json); {RERUN_DOWNLOAD}"
+        )
+    images, labels = _read_npz(path, check_crc=sha256 is None)
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
-        raise DataError(f"{path}: not a split file (uint8 images N x H x W x C and N labels)")
-    return Split(images, labels)
+        raise DataError(
+            f"{path}: not a split file (uint8 images N x H x W x C and N labels); {RERUN_DOWNLOAD}"
+        )
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: labels are not N integers; {RERUN_DOWNLOAD}")
+    return Split(images, labels.astype(np.int64))
+
+
+def _read_npz(path: Path, check_crc: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The ``images`` and ``labels`` arrays of an .npz; any damage is a one-line DataError.
+
+    numpy reads a member only as far as its header's shape says, and zipfile checks a member's
+    CRC-32 only when it is read to the end, so a changed shape in a header goes unnoticed by
+    np.load; ``testzip`` reads every member whole and checks its CRC-32.
+    """
+    try:
+        if check_crc:
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+            if bad is not None:
+                raise DataError(f"{path}: damaged ({bad} fails its CRC-32 check); {RERUN_DOWNLOAD}")
+        with np.load(path, allow_pickle=False) as z:
+            return z["images"], z["labels"]
+    except DataError:
+        raise
+    except Exception as e:  # seen: BadZipFile, EOFError, KeyError, NotImplementedError, OSError,
+        # RuntimeError (an "encrypted" flag), tokenize.TokenError, ValueError (a header or a size)
+        detail = " ".join(f"{type(e).__name__}: {e}".split())
+        raise DataError(f"{path}: damaged, cannot be read ({detail}); {RERUN_DOWNLOAD}") from None
+
+
+def load_manifest(data_dir: str | Path) -> dict[str, Any]:
+    """``data_dir/manifest.json`` as the download stage wrote it, with the fields later stages use
+    checked: ``num_classes`` (int) and ``splits.train`` / ``splits.test``, each with ``sha256``."""
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the download stage first")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e}); {RERUN_DOWNLOAD}") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError: ValueErrors
+        detail = " ".join(str(e).split())
+        raise DataError(f"{path}: damaged, not valid JSON ({detail}); {RERUN_DOWNLOAD}") from None
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise DataError(f"{path}: damaged or incomplete ({problem}); {RERUN_DOWNLOAD}")
+    return manifest
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What is missing or wrong in a parsed manifest, or None."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    n = manifest.get("num_classes")
+    if type(n) is not int or n < 1:
+        return "no integer num_classes"
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict):
+        return "no splits"
+    for name in ("train", "test"):
+        entry = splits.get(name)
+        if not isinstance(entry, dict):
+            return f"no splits.{name}"
+        sha = entry.get("sha256")
+        if not isinstance(sha, str) or re.fullmatch(r"[0-9a-f]{64}", sha) is None:
+            return f"no SHA-256 in splits.{name}.sha256"
+    return None
 
 
 def balanced_indices(
@@ -88,26 +199,6 @@ def balanced_indices(
     return np.sort(np.concatenate(keep))
 
 
-def _unverified(cls: type) -> type:
-    """torchvision's loader for ``cls`` minus its MD5 checks (files must still exist)."""
-
-    class Unverified(cls):  # type: ignore[misc, valid-type]
-        def _check_integrity(self) -> bool:
-            folder = os.path.join(self.root, self.base_folder)
-            names = [f for f, _ in self.train_list + self.test_list] + [self.meta["filename"]]
-            return all(os.path.isfile(os.path.join(folder, f)) for f in names)
-
-        def _load_meta(self) -> None:
-            import pickle
-
-            with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
-                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
-    Unverified.__name__ = f"Unverified{cls.__name__}"
-    return Unverified
-
-
 def locate_local_root(local_root: str, folder: str) -> Path:
     """The folder that holds ``folder`` (e.g. cifar-10-batches-py), given it or its parent."""
     p = Path(local_root).expanduser()
@@ -121,75 +212,110 @@ def locate_local_root(local_root: str, folder: str) -> Path:
     )
 
 
-def _open(cfg: DataConfig, train: bool) -> tuple[Any, Path]:
-    """Open one split with torchvision; return the dataset object and the root folder used."""
-    cls, folder, _ = DATASETS[cfg.dataset]
-    if cfg.local_root is not None:
-        root = locate_local_root(cfg.local_root, folder)
-        loader = cls if cfg.verify_md5 else _unverified(cls)
-        try:
-            return loader(str(root), train=train, download=False), root
-        except RuntimeError as e:
+def _check_local(cfg: DataConfig, layout: Layout, folder: Path) -> None:
+    """Every file is there and, with ``verify_md5``, has its official MD5."""
+    for name, md5 in layout.md5s():
+        path = folder / name
+        if not path.is_file():
             raise DataError(
-                f"data.local_root = {cfg.local_root!r}: {e.args[0].split('.')[0]} under the "
-                f"official MD5 check; for a subset (such as cifar10-sample) set "
-                f"data.verify_md5: false"
-            ) from None
-        except (OSError, KeyError, ValueError, EOFError) as e:
-            raise DataError(f"data.local_root = {cfg.local_root!r}: cannot read ({e})") from None
+                f"data.local_root = {cfg.local_root!r}: {path} not found "
+                f"(a CIFAR folder holds {', '.join(n for n, _ in layout.md5s())})"
+            )
+        if cfg.verify_md5 and not check_integrity(str(path), md5):
+            raise DataError(
+                f"data.local_root = {cfg.local_root!r}: {name} fails the official MD5 check; "
+                f"for a subset (such as cifar10-sample) set data.verify_md5: false"
+            )
+
+
+def _all_md5s_match(layout: Layout, folder: Path) -> bool:
+    return all(check_integrity(str(folder / name), md5) for name, md5 in layout.md5s())
+
+
+def _download(cfg: DataConfig, layout: Layout, root: Path) -> None:
+    """Download and unpack the archive into ``root`` unless every file there has its MD5."""
+    if _all_md5s_match(layout, root / layout.folder):
+        return
+    tv = layout.tv
+    try:
+        download_and_extract_archive(tv.url, str(root), filename=tv.filename, md5=tv.tgz_md5)
+    except RuntimeError as e:  # torchvision's MD5 check of the archive
+        raise DataError(
+            f"{cfg.dataset} in {root} fails the official MD5 check ({e}); delete {root} and retry"
+        ) from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, tarfile.TarError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise DataError(
+            f"cannot download {cfg.dataset} into {root} ({reason}). Without internet, set "
+            f"data.local_root in params.yaml to a folder holding {layout.folder} "
+            f"(e.g. ../shared/data/cifar10-sample, with data.verify_md5: false for a subset)"
+        ) from None
+    if not _all_md5s_match(layout, root / layout.folder):
+        raise DataError(
+            f"{cfg.dataset} in {root} fails the official MD5 check (a file of the unpacked "
+            f"archive); delete {root} and retry"
+        )
+
+
+def _raw_root(cfg: DataConfig, layout: Layout) -> Path:
+    """The folder holding ``layout.folder``, its files present and checked as ``cfg`` asks."""
+    if cfg.local_root is not None:
+        root = locate_local_root(cfg.local_root, layout.folder)
+        _check_local(cfg, layout, root / layout.folder)
+        return root
     if not cfg.verify_md5:
         raise DataError(
             "data.verify_md5 = false needs data.local_root: downloads are always MD5-checked"
         )
     root = Path(cfg.download_root)
-    try:
-        return cls(str(root), train=train, download=True), root
-    except RuntimeError as e:  # torchvision's MD5 check of the archive or of the batches
-        raise DataError(
-            f"{cfg.dataset} in {root} fails the official MD5 check ({e}); delete {root} and retry"
-        ) from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise DataError(
-            f"cannot download {cfg.dataset} into {root} ({reason}). Without internet, set "
-            f"data.local_root in params.yaml to a folder holding {folder} "
-            f"(e.g. ../shared/data/cifar10-sample, with data.verify_md5: false for a subset)"
-        ) from None
+    _download(cfg, layout, root)
+    return root
+
+
+def _select(cfg: DataConfig, layout: Layout, folder: Path, split_name: str) -> Split:
+    """One split read from ``folder``, cut to its balanced limit."""
+    train = split_name == "train"
+    limit = cfg.train_limit if train else cfg.test_limit
+    images, labels = read_batches(folder, layout.files(train), layout.label_key, layout.num_classes)
+    key = f"data.{split_name}_limit"
+    if limit is not None and limit > len(labels):
+        raise DataError(f"{key} = {limit}: only {len(labels)} {split_name} images here")
+    idx = balanced_indices(labels, limit, layout.num_classes, key)
+    return Split(np.ascontiguousarray(images[idx]), labels[idx])
 
 
 def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Write ``train.npz`` and ``test.npz`` into ``out_dir``; return the manifest (unwritten)."""
+    """Write ``train.npz`` and ``test.npz`` into ``out_dir``; return the manifest (unwritten).
+
+    Both splits are read and checked before either file is written.
+    """
     out_dir = Path(out_dir)
-    _, folder, num_classes = DATASETS[cfg.dataset]
+    layout = DATASETS[cfg.dataset]
+    root = _raw_root(cfg, layout)
+    folder = root / layout.folder
+    meta_name = layout.tv.meta["filename"]
+    classes = read_class_names(folder / meta_name, layout.tv.meta["key"], layout.num_classes)
+    splits = {name: _select(cfg, layout, folder, name) for name in ("train", "test")}
     manifest: dict[str, Any] = {
         "dataset": cfg.dataset,
-        "num_classes": num_classes,
+        "num_classes": layout.num_classes,
         "source": "local" if cfg.local_root is not None else "download",
         "verify_md5": cfg.verify_md5,
         "splits": {},
+        "classes": classes,
+        "root": str(root.resolve() / layout.folder),
     }
-    for split_name, train, limit in (
-        ("train", True, cfg.train_limit),
-        ("test", False, cfg.test_limit),
-    ):
-        ds, root = _open(cfg, train)
-        labels = np.asarray(ds.targets, dtype=np.int64)
-        key = f"data.{split_name}_limit"
-        if limit is not None and limit > len(labels):
-            raise DataError(f"{key} = {limit}: only {len(labels)} {split_name} images here")
-        idx = balanced_indices(labels, limit, num_classes, key)
-        split = Split(np.ascontiguousarray(ds.data[idx]), labels[idx])
+    for split_name, split in splits.items():
         path = out_dir / f"{split_name}.npz"
         save_split(path, split)
-        files = [f for f, _ in (ds.train_list if train else ds.test_list)]
-        manifest["classes"] = list(ds.classes)
-        manifest["root"] = str(root.resolve() / folder)
+        limit = cfg.train_limit if split_name == "train" else cfg.test_limit
+        read = layout.files(split_name == "train") + [meta_name]
         manifest["splits"][split_name] = {
             "file": path.name,
             "count": len(split),
-            "per_class": np.bincount(split.labels, minlength=num_classes).tolist(),
+            "per_class": np.bincount(split.labels, minlength=layout.num_classes).tolist(),
             "indices": "all" if limit is None else "first per class, original order",
             "sha256": sha256_file(path),
-            "read": {f: sha256_file(root / folder / f) for f in files + [ds.meta["filename"]]},
+            "read": {f: sha256_file(folder / f) for f in read},
         }
     return manifest

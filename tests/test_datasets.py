@@ -3,9 +3,13 @@
 import functools
 import hashlib
 import http.server
+import json
+import os
 import pickle
+import shutil
 import tarfile
 import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +17,16 @@ import pytest
 from torchvision import datasets as tvd
 
 from bmtard.config import DataConfig
-from bmtard.datasets import balanced_indices, load_split, prepare
+from bmtard.datasets import (
+    Split,
+    balanced_indices,
+    load_manifest,
+    load_split,
+    prepare,
+    save_split,
+)
 from bmtard.errors import DataError
+from bmtard.io import sha256_file, write_json
 
 from conftest import require_sample
 
@@ -108,11 +120,10 @@ def http_dir(tmp_path):
     server.shutdown()
 
 
-def test_download_path_checks_md5s(tmp_path, monkeypatch, http_dir):
-    """The real download code (torchvision over HTTP, MD5 of the archive and of every batch) on a
-    generated archive served from localhost."""
+def serve_as_official(folder: Path, http_dir, monkeypatch) -> Path:
+    """Pack ``folder`` as the CIFAR-10 archive served by ``http_dir`` and make torchvision's table
+    (URL and MD5s) describe it; returns the archive."""
     www, url = http_dir
-    folder = write_fake_cifar10(tmp_path / "src")
     archive = www / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname="cifar-10-batches-py")
@@ -126,6 +137,14 @@ def test_download_path_checks_md5s(tmp_path, monkeypatch, http_dir):
         "meta",
         {"filename": "batches.meta", "key": "label_names", "md5": md5(folder / "batches.meta")},
     )
+    return archive
+
+
+def test_download_path_checks_md5s(tmp_path, monkeypatch, http_dir):
+    """The real download code (torchvision over HTTP, MD5 of the archive and of every batch) on a
+    generated archive served from localhost."""
+    folder = write_fake_cifar10(tmp_path / "src")
+    archive = serve_as_official(folder, http_dir, monkeypatch)
     manifest = prepare(DataConfig(download_root=str(tmp_path / "raw")), tmp_path / "out")
     assert manifest["source"] == "download" and manifest["splits"]["train"]["count"] == 100
     # a corrupted batch fails the per-file MD5 check, so the archive is fetched again ...
@@ -153,3 +172,352 @@ def test_limit_larger_than_split_is_named(tmp_path):
     cfg = DataConfig(local_root=str(folder), verify_md5=False, test_limit=30)
     with pytest.raises(DataError, match="data.test_limit = 30: only 20 test images"):
         prepare(cfg, tmp_path / "out")
+
+
+# --- reading the raw files: no code runs, damage is one line, the same data as torchvision
+
+
+class Touch:
+    """Unpickling this creates ``marker`` (what torchvision's plain pickle.load would do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+class Shell:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+@pytest.fixture
+def sample_copy(tmp_path) -> Path:
+    """A writable copy of the lossless sample's cifar-10-batches-py folder."""
+    folder = tmp_path / "copy" / "cifar-10-batches-py"
+    shutil.copytree(require_sample() / "cifar-10-batches-py", folder)
+    for f in folder.iterdir():
+        f.chmod(0o644)
+    return folder
+
+
+def one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("payload", [Touch, Shell])
+@pytest.mark.parametrize("name", ["data_batch_1", "test_batch", "batches.meta"])
+def test_malicious_file_never_runs(tmp_path, sample_copy, name, payload):
+    marker = tmp_path / "marker"
+    evil = {"data": payload(marker), "labels": [0], "label_names": payload(marker)}
+    (sample_copy / name).write_bytes(pickle.dumps(evil, protocol=2))
+    cfg = DataConfig(local_root=str(sample_copy.parent), verify_md5=False)
+    with pytest.raises(DataError) as e:
+        prepare(cfg, tmp_path / "out")
+    msg = one_line(e)
+    assert msg.startswith(f"{sample_copy / name}: refused: the pickle asks for ")
+    assert msg.endswith("which a CIFAR batch never holds (is this folder really CIFAR?)")
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_downloaded_files_go_through_the_same_reader(tmp_path, monkeypatch, http_dir):
+    """Even a file with the "official" MD5 is read by the restricted reader."""
+    folder = write_fake_cifar10(tmp_path / "src")
+    marker = tmp_path / "marker"
+    (folder / "data_batch_3").write_bytes(pickle.dumps({"data": Touch(marker)}, protocol=2))
+    serve_as_official(folder, http_dir, monkeypatch)
+    with pytest.raises(DataError, match="data_batch_3: refused: the pickle asks for"):
+        prepare(DataConfig(download_root=str(tmp_path / "raw")), tmp_path / "out")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("keep", [0, 1, 100, 2_000_000])
+def test_truncated_batch_is_one_line(tmp_path, sample_copy, keep):
+    path = sample_copy / "data_batch_3"
+    path.write_bytes(path.read_bytes()[:keep])
+    cfg = DataConfig(local_root=str(sample_copy), verify_md5=False)
+    with pytest.raises(DataError) as e:
+        prepare(cfg, tmp_path / "out")
+    msg = one_line(e)
+    assert msg.startswith(f"{path}: damaged or not a CIFAR file (")
+    assert msg.endswith("replace it with the original file (is this folder really CIFAR?)")
+
+
+def test_missing_batch_is_named(tmp_path, sample_copy):
+    (sample_copy / "data_batch_5").unlink()
+    with pytest.raises(DataError, match=r"data_batch_5 not found \(a CIFAR folder holds "):
+        prepare(DataConfig(local_root=str(sample_copy), verify_md5=False), tmp_path / "out")
+
+
+class TorchvisionSample(tvd.CIFAR10):
+    """torchvision's own loader minus its MD5 check of the batches (as in the sample's README)."""
+
+    def _check_integrity(self) -> bool:
+        return True
+
+
+def test_same_data_as_torchvision(tmp_path):
+    root = require_sample()
+    manifest = prepare(DataConfig(local_root=str(root), verify_md5=False), tmp_path)
+    for name, train in (("train", True), ("test", False)):
+        ours = load_split(tmp_path / f"{name}.npz", manifest["splits"][name]["sha256"])
+        theirs = TorchvisionSample(str(root), train=train, download=False)
+        assert ours.images.dtype == np.uint8 and ours.images.shape == theirs.data.shape
+        assert np.array_equal(ours.images, theirs.data)
+        assert ours.labels.tolist() == theirs.targets
+        assert manifest["classes"] == theirs.classes
+    assert manifest["splits"]["train"]["count"] == 4000
+    assert manifest["splits"]["test"]["count"] == 1000
+
+
+def test_cifar100_layout(tmp_path):
+    """train / test / meta with fine_labels and fine_label_names, written by Python 3."""
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    data = {n: rng.integers(0, 256, (200, 3072), dtype=np.uint8) for n in ("train", "test")}
+    for name, d in data.items():
+        fine = [(7 * i) % 100 for i in range(200)]
+        batch = {"data": d, "fine_labels": fine, "coarse_labels": [f // 5 for f in fine]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    names = [f"c{i:02d}" for i in range(100)]
+    meta = {"fine_label_names": names, "coarse_label_names": names[:20]}
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    cfg = DataConfig(dataset="cifar100", local_root=str(folder), verify_md5=False, test_limit=100)
+    manifest = prepare(cfg, tmp_path / "out")
+    train, test = load_split(tmp_path / "out/train.npz"), load_split(tmp_path / "out/test.npz")
+    assert np.array_equal(train.images, data["train"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    assert train.labels.tolist() == [(7 * i) % 100 for i in range(200)]
+    assert np.bincount(test.labels).tolist() == [1] * 100
+    assert manifest["classes"] == names and manifest["num_classes"] == 100
+    assert set(manifest["splits"]["train"]["read"]) == {"train", "meta"}
+
+
+# --- the split files: damage and changes are one line
+
+
+def tiny_split(n: int = 3, size: int = 4) -> Split:
+    images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    return Split(images, np.arange(n, dtype=np.int64) % 10)
+
+
+@pytest.fixture
+def split_file(tmp_path) -> tuple[Path, bytes, Split]:
+    """A split whose images.npy (9 KiB) is larger than zipfile's 4 KiB read-ahead."""
+    path = tmp_path / "train.npz"
+    split = tiny_split(3, 32)
+    save_split(path, split)
+    return path, path.read_bytes(), split
+
+
+def load_error(path: Path, sha256: str | None = None) -> str:
+    with pytest.raises(DataError) as e:
+        load_split(path, sha256)
+    msg = one_line(e)
+    assert msg.startswith(f"{path}: ")
+    assert msg.endswith(
+        "rerun the download stage (dvc repro -f download, or snakemake --cores 1 -f download)"
+    )
+    return msg
+
+
+def test_split_round_trip_with_and_without_sha(split_file):
+    path, _, split = split_file
+    for sha in (None, sha256_file(path)):
+        got = load_split(path, sha)
+        assert np.array_equal(got.images, split.images) and got.labels.tolist() == [0, 1, 2]
+
+
+def test_missing_split_file(tmp_path):
+    with pytest.raises(DataError, match="train.npz: data file not found; run the download stage"):
+        load_split(tmp_path / "train.npz")
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.001, 0.1, 0.5, 0.9, 0.999])
+def test_truncated_split_is_one_line(split_file, fraction):
+    path, whole, _ = split_file
+    path.write_bytes(whole[: int(len(whole) * fraction)])
+    assert "damaged, cannot be read (" in load_error(path)
+    assert "its SHA-256 differs from the one in manifest.json" in load_error(
+        path, hashlib.sha256(whole).hexdigest()
+    )
+
+
+def image_byte_offset(whole: bytes) -> int:
+    """Where the first pixel of images.npy lies in the .npz (members are stored uncompressed)."""
+    header_end = whole.index(b"\n", whole.index(b"\x93NUMPY"))
+    return header_end + 1
+
+
+def test_flipped_image_byte(split_file):
+    path, whole, _ = split_file
+    flipped = bytearray(whole)
+    flipped[image_byte_offset(whole) + 5] ^= 0x10
+    path.write_bytes(bytes(flipped))
+    # With the manifest's SHA-256: refused before reading.
+    msg = load_error(path, hashlib.sha256(whole).hexdigest())
+    assert "damaged or changed since the download stage wrote it" in msg
+    # Without it: numpy reads the array to the member's end, so zipfile's CRC-32 check (run when
+    # the last block of a member is read) does run on np.load and notices the flip ...
+    with pytest.raises(zipfile.BadZipFile, match="Bad CRC-32 for file 'images.npy'"):
+        with np.load(path) as z:
+            z["images"]
+    # ... and load_split turns that into one line.
+    assert "images.npy fails its CRC-32 check" in load_error(path)
+
+
+def test_flipped_shape_in_header_is_caught_by_the_crc_check(split_file):
+    """numpy reads only as many bytes as the header's shape says, and zipfile checks the CRC-32
+    only when it reads a member's last block (4 KiB or more at a time): a shape made smaller by one
+    flipped bit loads silently with np.load (for members larger than one block). load_split reads
+    every member whole first (ZipFile.testzip)."""
+    path, whole, _ = split_file
+    shape = whole.index(b"'shape': (3, 32, 32, 3)")
+    flipped = bytearray(whole)
+    flipped[shape + len(b"'shape': (3, 32, 32, ")] ^= 0x01  # '3' -> '2'
+    path.write_bytes(bytes(flipped))
+    with np.load(path) as z:
+        assert z["images"].shape == (3, 32, 32, 2)  # np.load does not notice
+    assert "images.npy fails its CRC-32 check" in load_error(path)
+
+
+def test_every_flipped_byte_is_caught_or_harmless(tmp_path):
+    """One bit flipped at every offset: a one-line error, or (zip fields that numpy and zipfile do
+    not use, such as times) exactly the original arrays."""
+    path, split = tmp_path / "train.npz", tiny_split()
+    save_split(path, split)
+    whole = path.read_bytes()
+    harmless = 0
+    for i in range(len(whole)):
+        flipped = bytearray(whole)
+        flipped[i] ^= 1 << (i % 8)
+        path.write_bytes(bytes(flipped))
+        try:
+            got = load_split(path)
+        except DataError as e:
+            assert "\n" not in str(e) and str(e).startswith(f"{path}: ")
+            continue
+        assert got.images.shape == split.images.shape, i
+        assert np.array_equal(got.images, split.images) and np.array_equal(got.labels, split.labels)
+        harmless += 1
+    assert harmless < len(whole) // 2
+
+
+def test_sha_mismatch_message(split_file):
+    path, _, _ = split_file
+    assert load_error(path, "0" * 64) == (
+        f"{path}: damaged or changed since the download stage wrote it (its SHA-256 differs from "
+        f"the one in manifest.json); rerun the download stage (dvc repro -f download, or "
+        f"snakemake --cores 1 -f download)"
+    )
+
+
+def test_not_a_split_file(tmp_path):
+    path = tmp_path / "x.npz"
+    with open(path, "wb") as f:
+        np.savez(f, images=np.zeros((2, 4, 4, 3), np.float32), labels=np.zeros(2, np.int64))
+    assert "not a split file" in load_error(path)
+    with open(path, "wb") as f:
+        np.savez(f, images=np.zeros((2, 4, 4, 3), np.uint8), labels=np.zeros(2, np.float32))
+    assert "labels are not N integers" in load_error(path)
+    with open(path, "wb") as f:
+        np.savez(f, pictures=np.zeros((2, 4, 4, 3), np.uint8))
+    assert "KeyError" in load_error(path)
+
+
+# --- the manifest
+
+
+def test_manifest_from_prepare_loads_and_checks_the_splits(tmp_path):
+    folder = write_fake_cifar10(tmp_path / "src")
+    out = tmp_path / "data"
+    write_json(
+        out / "manifest.json", prepare(DataConfig(local_root=str(folder), verify_md5=False), out)
+    )
+    manifest = load_manifest(out)
+    assert manifest["num_classes"] == 10
+    assert len(load_split(out / "train.npz", manifest["splits"]["train"]["sha256"])) == 100
+    save_split(out / "test.npz", tiny_split())  # changed after the download stage
+    with pytest.raises(DataError, match="test.npz: damaged or changed since the download stage"):
+        load_split(out / "test.npz", manifest["splits"]["test"]["sha256"])
+
+
+def test_missing_manifest_keeps_its_message(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as e:
+        load_manifest("data")
+    assert str(e.value) == "data/manifest.json: not found; run the download stage first"
+
+
+GOOD_MANIFEST = {
+    "dataset": "cifar10",
+    "num_classes": 10,
+    "splits": {"train": {"sha256": "a" * 64}, "test": {"sha256": "b" * 64}},
+}
+
+
+def manifest_error(tmp_path: Path, text: str) -> str:
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(DataError) as e:
+        load_manifest(tmp_path)
+    msg = one_line(e)
+    assert msg.startswith(f"{tmp_path / 'manifest.json'}: ")
+    assert msg.endswith(
+        "rerun the download stage (dvc repro -f download, or snakemake --cores 1 -f download)"
+    )
+    return msg
+
+
+def test_manifest_truncated_or_not_json(tmp_path):
+    whole = json.dumps(GOOD_MANIFEST, indent=2)
+    for n in (0, 1, len(whole) // 2, len(whole) - 1):
+        assert "damaged, not valid JSON (" in manifest_error(tmp_path, whole[:n])
+    assert "not valid JSON" in manifest_error(tmp_path, "num_classes: 10")
+    assert "not valid JSON" in manifest_error(tmp_path, "[" * 100_000)
+    (tmp_path / "manifest.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_manifest(tmp_path)
+
+
+def without(path: str) -> dict:
+    """GOOD_MANIFEST with the key at dotted ``path`` removed."""
+    m = json.loads(json.dumps(GOOD_MANIFEST))
+    *parents, last = path.split(".")
+    d = m
+    for p in parents:
+        d = d[p]
+    del d[last]
+    return m
+
+
+@pytest.mark.parametrize(
+    "manifest, problem",
+    [
+        ([1, 2], "a JSON list, not an object"),
+        ("x", "a JSON str, not an object"),
+        (without("num_classes"), "no integer num_classes"),
+        ({**GOOD_MANIFEST, "num_classes": "10"}, "no integer num_classes"),
+        ({**GOOD_MANIFEST, "num_classes": True}, "no integer num_classes"),
+        (without("splits"), "no splits"),
+        (without("splits.test"), "no splits.test"),
+        (without("splits.train.sha256"), "no SHA-256 in splits.train.sha256"),
+        ({**GOOD_MANIFEST, "splits": {"train": {"sha256": "ab"}, "test": {}}}, "no SHA-256 in"),
+    ],
+)
+def test_manifest_missing_fields(tmp_path, manifest, problem):
+    msg = manifest_error(tmp_path, json.dumps(manifest))
+    assert f"damaged or incomplete ({problem}" in msg
+
+
+def test_good_manifest(tmp_path):
+    write_json(tmp_path / "manifest.json", GOOD_MANIFEST)
+    assert load_manifest(tmp_path) == GOOD_MANIFEST
