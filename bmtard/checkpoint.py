@@ -1,11 +1,18 @@
-"""Model checkpoints: our own format (model + what built it) and imports of plain state_dicts.
+"""Model checkpoints: our own format (model + what built it + how it was made) and imports of
+plain published state_dicts.
 
 Our files are dicts of tensors and plain data, saved with torch.save and always read with
-``torch.load(..., weights_only=True)``, so opening a checkpoint never runs code.
+``torch.load(..., weights_only=True)``, so opening a checkpoint never runs code. torch does not
+check the archive's CRCs when it loads, so a flipped bit would load silently: a zip checkpoint's
+CRCs are checked first (``zipfile.testzip``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,70 +20,134 @@ import torch
 from torch import nn
 
 from bmtard.errors import CheckpointError
-from bmtard.io import sha256_file, write_atomic
+from bmtard.io import save_torch, sha256_file, write_atomic
 from bmtard.models import build_model
 
-FORMAT = "bmtard.model/1"
+FORMAT = "bmtard.model/2"
+OLD_FORMATS = ("bmtard.model/1",)  # meta instead of record; still readable
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to rebuild a model: architecture name, width multiplier, number of classes."""
+
+    arch: str
+    width: float
+    num_classes: int
+
+    def build(self) -> nn.Module:
+        return build_model(self.arch, self.num_classes, self.width)
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """How a model came to be (saved with it, shown in its model card)."""
+
+    stage: str | None = None  # clean_teacher | robust_teacher | distill; None: outside the pipeline
+    source: str = "trained"  # "trained", or the file it was imported from
+    source_sha256: str | None = None
+    method: str | None = None  # the training method (e.g. b_mtard, trades)
+    epoch: int | None = None  # the epoch whose weights these are
+    selection: str | None = None  # best | last
+    selected_metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # the stage's parameter section
+    data: dict[str, Any] = field(default_factory=dict)  # the data manifest's splits (SHA-256s)
+    teachers: dict[str, Any] = field(default_factory=dict)  # role -> {"arch", "sha256"}
+    code: dict[str, Any] = field(default_factory=dict)  # bmtard.provenance.code_version()
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainingRecord:
+        """From a saved record (or an older file's meta); unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint file holds besides the weights."""
+
+    spec: ModelSpec
+    sha256: str  # of the file
+    record: TrainingRecord
 
 
 def save_model(
     path: str | Path,
-    model: nn.Module,
-    *,
-    arch: str,
-    width: float,
-    num_classes: int,
-    meta: dict[str, Any] | None = None,
+    spec: ModelSpec,
+    state: dict[str, torch.Tensor],
+    record: TrainingRecord,
 ) -> None:
-    """Save ``model``'s weights with its architecture and ``meta`` (plain data), atomically."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    """Save weights ``state`` with their spec and record, atomically. The same inputs give the
+    same bytes: the record goes through JSON first, because pickle writes a back-reference
+    where one object appears twice, so equal records built from different objects (a fresh
+    run's, a resumed run's) would otherwise differ byte for byte."""
     payload = {
         "format": FORMAT,
-        "arch": arch,
-        "width": float(width),
-        "num_classes": int(num_classes),
-        "state_dict": state,
-        "meta": meta or {},
+        "arch": spec.arch,
+        "width": float(spec.width),
+        "num_classes": int(spec.num_classes),
+        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
+        "record": json.loads(json.dumps(dataclasses.asdict(record))),
     }
-    write_atomic(path, lambda tmp: torch.save(payload, tmp))
+    write_atomic(path, lambda tmp: save_torch(payload, tmp))
 
 
-def _read(path: str | Path) -> Any:
+def check_archive(path: str | Path) -> None:
+    """Raise a CheckpointError if a zip checkpoint is truncated or fails a CRC check."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        return  # the legacy (pre-1.6) format: torch.load checks what it can
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: damaged archive ({e}); restore or recreate it") from None
+    if bad is not None:
+        raise CheckpointError(
+            f"{path}: damaged ({bad} fails its CRC check); restore or recreate the file"
+        )
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """The checkpoint's content, loaded weights-only (no code runs) after the archive check."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file; all mean "unreadable"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{path}: cannot be read as a weights-only checkpoint ({first})"
+            f"{path}: refused or unreadable as a weights-only checkpoint ({first[:200]})"
         ) from None
 
 
 def load_model(
     path: str | Path, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model saved by ``save_model``; return (model in eval mode, info sans weights)."""
-    payload = _read(path)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+) -> tuple[nn.Module, CheckpointInfo]:
+    """Rebuild a model saved by ``save_model``; return (model in eval mode, its description)."""
+    payload = read_checkpoint(path)
+    fmt = payload.get("format") if isinstance(payload, dict) else None
+    if fmt != FORMAT and fmt not in OLD_FORMATS:
         raise CheckpointError(
             f"{path}: not a bmtard model file; for a plain state_dict use import_state_dict"
         )
     try:
-        model = build_model(payload["arch"], payload["num_classes"], payload["width"])
-    except (ValueError, KeyError) as e:
+        spec = ModelSpec(payload["arch"], float(payload["width"]), int(payload["num_classes"]))
+        model = spec.build()
+    except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: cannot rebuild its model ({e})") from None
-    load_state_dict_strict(model, payload["state_dict"], str(path), payload["arch"])
-    info = {k: v for k, v in payload.items() if k != "state_dict"}
-    info["sha256"] = sha256_file(path)
+    load_state_dict_strict(model, payload["state_dict"], str(path), spec.arch)
+    raw = payload.get("record", payload.get("meta", {}))
+    info = CheckpointInfo(spec, sha256_file(path), TrainingRecord.from_dict(raw))
     return model.to(device).eval(), info
 
 
 def extract_state_dict(payload: Any, source: str) -> dict[str, torch.Tensor]:
     """The state_dict inside a published checkpoint: the dict itself, or under 'state_dict' /
     'model' / 'net'; a 'module.' prefix (DataParallel) is removed."""
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+    if isinstance(payload, dict) and payload.get("format") in (FORMAT, *OLD_FORMATS):
         payload = payload["state_dict"]
     for key in ("state_dict", "model", "net", "model_state_dict"):
         if isinstance(payload, dict) and isinstance(payload.get(key), dict):
@@ -114,11 +185,12 @@ def load_state_dict_strict(
     model.load_state_dict(state)
 
 
-def import_state_dict(
-    path: str | Path, arch: str, num_classes: int, width: float = 1.0
-) -> nn.Module:
-    """Build ``arch`` and load a published checkpoint into it (weights_only, strict keys)."""
-    model = build_model(arch, num_classes, width)
-    state = extract_state_dict(_read(path), str(path))
-    load_state_dict_strict(model, state, str(path), arch)
+def import_state_dict(path: str | Path, spec: ModelSpec) -> nn.Module:
+    """Build ``spec`` and load a published checkpoint into it (weights_only, strict keys)."""
+    try:
+        model = spec.build()
+    except ValueError as e:
+        raise CheckpointError(f"{path}: cannot build {spec.arch} ({e})") from None
+    state = extract_state_dict(read_checkpoint(path), str(path))
+    load_state_dict_strict(model, state, str(path), spec.arch)
     return model.eval()

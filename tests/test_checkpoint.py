@@ -11,16 +11,26 @@ import torch
 
 from bmtard.checkpoint import (
     FORMAT,
+    CheckpointInfo,
+    ModelSpec,
+    TrainingRecord,
     extract_state_dict,
     import_state_dict,
     load_model,
     save_model,
 )
 from bmtard.errors import BmtardError, CheckpointError
-from bmtard.io import sha256_file, write_atomic, write_json
+from bmtard.io import remove_stale_temporaries, sha256_file, write_atomic, write_json
 from bmtard.models import build_model
 
 ARCH, CLASSES, WIDTH = "resnet18", 10, 0.125
+SPEC = ModelSpec(ARCH, WIDTH, CLASSES)
+
+
+def _save(path, model, width: float = WIDTH, record: TrainingRecord | None = None) -> None:
+    save_model(
+        path, ModelSpec(ARCH, width, CLASSES), model.state_dict(), record or TrainingRecord()
+    )
 
 
 def _model(width: float = WIDTH, arch: str = ARCH, seed: int = 0) -> torch.nn.Module:
@@ -68,8 +78,18 @@ def test_save_load_round_trip(tmp_path):
     model = _model()
     assert int(model.state_dict()["bn1.num_batches_tracked"]) == 1  # buffers are non-default
     path = tmp_path / "sub" / "m.pt"  # the folder is created
-    meta = {"stage": "test", "epoch": 3, "selected_metrics": {"clean_acc": 12.5}, "xs": [1, 2]}
-    save_model(path, model, arch=ARCH, width=WIDTH, num_classes=CLASSES, meta=meta)
+    record = TrainingRecord(
+        stage="test",
+        method="standard",
+        epoch=3,
+        selection="best",
+        selected_metrics={"clean_acc": 12.5},
+        params={"xs": [1, 2]},
+        data={"train": {"sha256": "ab" * 32}},
+        teachers={"clean": {"arch": "resnet56", "sha256": "cd" * 32}},
+        code={"package_sha256": "ef" * 32, "git_commit": None, "git_dirty": None},
+    )
+    _save(path, model, record=record)
 
     loaded, info = load_model(path)
     assert not loaded.training
@@ -77,23 +97,42 @@ def test_save_load_round_trip(tmp_path):
     x = _fixed_input()
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
-    assert info == {
-        "format": FORMAT,
-        "arch": ARCH,
-        "width": WIDTH,
-        "num_classes": CLASSES,
-        "meta": meta,
-        "sha256": sha256_file(path),
-    }
-    assert len(info["sha256"]) == 64
+    assert info == CheckpointInfo(SPEC, sha256_file(path), record)
+    assert len(info.sha256) == 64
     assert sorted(os.listdir(path.parent)) == ["m.pt"]
+
+
+def test_identical_saves_are_identical_bytes(tmp_path):
+    """The temporary's random name never ends up inside the archive."""
+    model = _model()
+    for name in ("a.pt", "b.pt"):
+        _save(tmp_path / name, model, record=TrainingRecord(epoch=2))
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+def test_older_format_with_meta_still_loads(tmp_path):
+    path = tmp_path / "v1.pt"
+    model = _model()
+    torch.save(
+        {
+            "format": "bmtard.model/1",
+            "arch": ARCH,
+            "width": WIDTH,
+            "num_classes": CLASSES,
+            "state_dict": model.state_dict(),
+            "meta": {"stage": "distill", "epoch": 4, "unknown_field": 1},
+        },
+        path,
+    )
+    _, info = load_model(path)
+    assert info.record == TrainingRecord(stage="distill", epoch=4)
 
 
 def test_saved_file_holds_only_plain_data(tmp_path):
     path = tmp_path / "m.pt"
-    save_model(path, _model(), arch=ARCH, width=0.125, num_classes=CLASSES)
+    _save(path, _model())
     raw = torch.load(path, weights_only=True)
-    assert raw["format"] == FORMAT and raw["meta"] == {}
+    assert raw["format"] == FORMAT and raw["record"]["stage"] is None
     assert isinstance(raw["width"], float) and isinstance(raw["num_classes"], int)
     assert all(isinstance(v, torch.Tensor) for v in raw["state_dict"].values())
 
@@ -101,7 +140,7 @@ def test_saved_file_holds_only_plain_data(tmp_path):
 def test_save_detaches_from_the_live_model(tmp_path):
     model = _model()
     path = tmp_path / "m.pt"
-    save_model(path, model, arch=ARCH, width=WIDTH, num_classes=CLASSES)
+    _save(path, model)
     before = model.state_dict()["linear.weight"].clone()
     with torch.no_grad():
         model.linear.weight.add_(1.0)  # changing the model afterwards does not touch the file
@@ -130,9 +169,9 @@ def test_loading_never_runs_code(tmp_path, loader):
         if loader == "load_model":
             load_model(path)
         else:
-            import_state_dict(path, ARCH, CLASSES, WIDTH)
+            import_state_dict(path, SPEC)
     msg = str(err.value)
-    assert msg.startswith(f"{path}: cannot be read as a weights-only checkpoint (")
+    assert msg.startswith(f"{path}: refused or unreadable as a weights-only checkpoint (")
     assert "\n" not in msg
     assert not marker.exists()
 
@@ -147,7 +186,7 @@ def test_code_hidden_in_our_format_meta_is_refused(tmp_path):
         "width": WIDTH,
         "num_classes": CLASSES,
         "state_dict": model.state_dict(),
-        "meta": {"note": Marker(marker)},
+        "record": {"note": Marker(marker)},
     }
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="weights-only"):
@@ -158,7 +197,7 @@ def test_code_hidden_in_our_format_meta_is_refused(tmp_path):
 def test_arbitrary_class_instance_is_refused(tmp_path):
     path = tmp_path / "obj.pt"
     torch.save({"x": Opaque()}, path)
-    with pytest.raises(CheckpointError, match="cannot be read as a weights-only checkpoint"):
+    with pytest.raises(CheckpointError, match="refused or unreadable as a weights-only checkpoint"):
         load_model(path)
 
 
@@ -167,7 +206,7 @@ def test_garbage_file_is_a_checkpoint_error(tmp_path):
     path.write_bytes(b"this is not a torch file")
     with pytest.raises(CheckpointError) as err:
         load_model(path)
-    assert str(err.value).startswith(f"{path}: cannot be read")
+    assert str(err.value).startswith(f"{path}: refused or unreadable")
     assert "\n" not in str(err.value)
     assert isinstance(err.value, BmtardError)
 
@@ -194,10 +233,10 @@ def test_import_state_dict_layouts(tmp_path, kind):
     src = _model(seed=5)
     path = tmp_path / f"{kind}.pt"
     if kind == "ours":
-        save_model(path, src, arch=ARCH, width=WIDTH, num_classes=CLASSES)
+        _save(path, src)
     else:
         torch.save(_wrap(kind, src.state_dict()), path)
-    model = import_state_dict(path, ARCH, CLASSES, WIDTH)
+    model = import_state_dict(path, SPEC)
     assert not model.training
     _assert_same_state(src.state_dict(), model.state_dict())
     x = _fixed_input()
@@ -214,7 +253,7 @@ def test_no_state_dict_inside_is_an_error(tmp_path):
     path = tmp_path / "notes.pt"
     torch.save({"epoch": 3, "acc": 1.5}, path)
     with pytest.raises(CheckpointError, match=r"notes\.pt: no state_dict"):
-        import_state_dict(path, ARCH, CLASSES, WIDTH)
+        import_state_dict(path, SPEC)
 
 
 def test_mismatch_lists_missing_unexpected_and_shape_keys(tmp_path):
@@ -225,7 +264,7 @@ def test_mismatch_lists_missing_unexpected_and_shape_keys(tmp_path):
     path = tmp_path / "bad.pt"
     torch.save(state, path)
     with pytest.raises(CheckpointError) as err:
-        import_state_dict(path, ARCH, CLASSES, WIDTH)
+        import_state_dict(path, SPEC)
     msg = str(err.value)
     assert "\n" not in msg
     assert msg == (
@@ -238,7 +277,7 @@ def test_other_width_lists_shape_mismatches(tmp_path):
     path = tmp_path / "narrow.pt"
     torch.save(_model(width=0.0625).state_dict(), path)
     with pytest.raises(CheckpointError) as err:
-        import_state_dict(path, ARCH, CLASSES, WIDTH)
+        import_state_dict(path, SPEC)
     msg = str(err.value)
     assert "\n" not in msg
     assert msg.startswith(f"{path} does not fit resnet18: shape: conv1.weight (4, 3, 3, 3) vs ")
@@ -251,7 +290,7 @@ def test_other_arch_lists_missing_keys(tmp_path):
     path = tmp_path / "preact.pt"
     torch.save(_model(arch="preact_resnet18").state_dict(), path)
     with pytest.raises(CheckpointError) as err:
-        import_state_dict(path, ARCH, CLASSES, WIDTH)
+        import_state_dict(path, SPEC)
     msg = str(err.value)
     assert "\n" not in msg
     assert msg.startswith(f"{path} does not fit resnet18: missing: bn1.weight, bn1.bias, ")
@@ -261,11 +300,11 @@ def test_other_arch_lists_missing_keys(tmp_path):
 
 def test_bmtard_file_of_other_width_does_not_load(tmp_path):
     path = tmp_path / "m.pt"
-    save_model(path, _model(width=0.0625), arch=ARCH, width=0.0625, num_classes=CLASSES)
+    _save(path, _model(width=0.0625), width=0.0625)
     with pytest.raises(CheckpointError, match=r"m\.pt does not fit resnet18: shape: conv1"):
-        import_state_dict(path, ARCH, CLASSES, WIDTH)
+        import_state_dict(path, SPEC)
     model, info = load_model(path)  # load_model rebuilds the width it was saved with
-    assert info["width"] == 0.0625 and model.conv1.weight.shape == (4, 3, 3, 3)
+    assert info.spec.width == 0.0625 and model.conv1.weight.shape == (4, 3, 3, 3)
 
 
 # --------------------------------------------------------------------------- bad paths
@@ -277,7 +316,7 @@ def test_missing_file(tmp_path):
         load_model(path)
     assert str(err.value) == f"{path}: checkpoint not found"
     with pytest.raises(CheckpointError, match="checkpoint not found"):
-        import_state_dict(path, ARCH, CLASSES, WIDTH)
+        import_state_dict(path, SPEC)
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_model(tmp_path)  # a folder is not a checkpoint
 
@@ -293,8 +332,8 @@ def test_plain_state_dict_given_to_load_model_points_to_import(tmp_path):
 
 
 def test_other_format_version_is_not_ours(tmp_path):
-    path = tmp_path / "v2.pt"
-    torch.save({"format": "bmtard.model/2", "state_dict": {}}, path)
+    path = tmp_path / "v9.pt"
+    torch.save({"format": "bmtard.model/9", "state_dict": {}}, path)
     with pytest.raises(CheckpointError, match="not a bmtard model file"):
         load_model(path)
 
@@ -330,16 +369,15 @@ def test_failed_write_of_new_file_creates_nothing(tmp_path):
 def test_failed_save_model_keeps_the_previous_model(tmp_path):
     path = tmp_path / "m.pt"
     good = _model(seed=1)
-    save_model(path, good, arch=ARCH, width=WIDTH, num_classes=CLASSES, meta={"epoch": 1})
+    _save(path, good, record=TrainingRecord(epoch=1))
     digest = sha256_file(path)
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         # a lambda cannot be pickled: torch.save fails after it has started writing
-        save_model(path, _model(seed=2), arch=ARCH, width=WIDTH, num_classes=CLASSES,
-                   meta={"bad": lambda: 0})  # fmt: skip
+        _save(path, _model(seed=2), record=TrainingRecord(params={"bad": lambda: 0}))
     assert sha256_file(path) == digest
     assert os.listdir(tmp_path) == ["m.pt"]
     loaded, info = load_model(path)
-    assert info["meta"] == {"epoch": 1}
+    assert info.record == TrainingRecord(epoch=1)
     _assert_same_state(good.state_dict(), loaded.state_dict())
 
 
@@ -356,7 +394,7 @@ def test_new_files_get_umask_permissions(tmp_path, mask):
     old = os.umask(mask)
     try:
         write_atomic(tmp_path / "a.bin", lambda tmp: tmp.write_bytes(b"a"))
-        save_model(tmp_path / "m.pt", _model(), arch=ARCH, width=WIDTH, num_classes=CLASSES)
+        _save(tmp_path / "m.pt", _model())
         write_json(tmp_path / "j.json", {})
     finally:
         os.umask(old)
@@ -374,3 +412,52 @@ def test_permissions_follow_the_current_umask(tmp_path):
     assert mode == 0o666 & ~current
     if current & 0o066 != 0o066:
         assert mode != 0o600
+
+
+# --------------------------------------------------------------------------- damaged files
+
+
+def test_flipped_bit_in_a_weight_is_caught_by_the_crc(tmp_path):
+    """torch.load would load it silently; the archive's CRC check refuses it."""
+    path = tmp_path / "m.pt"
+    model = _model()
+    _save(path, model)
+    raw = bytearray(path.read_bytes())
+    weight = model.state_dict()["linear.weight"].flatten()[:4].numpy().tobytes()
+    at = bytes(raw).find(weight)
+    assert at > 0
+    raw[at + 1] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: damaged (") and "fails its CRC check" in msg
+    assert "\n" not in msg
+    with pytest.raises(CheckpointError, match="fails its CRC check"):
+        import_state_dict(path, SPEC)
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, 0.999])
+def test_truncated_checkpoint_is_one_line(tmp_path, keep):
+    path = tmp_path / "m.pt"
+    _save(path, _model())
+    raw = path.read_bytes()
+    path.write_bytes(raw[: int(len(raw) * keep)])
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert "\n" not in str(err.value)
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    """A kill during a write leaves .<name>.<pid>.tmp; the next write of that file removes it
+    (but never one of a writer that still runs)."""
+    path = tmp_path / "m.pt"
+    dead = tmp_path / ".m.pt.999999999.tmp"  # no such process
+    alive = tmp_path / f".m.pt.{os.getppid()}.tmp"  # our parent runs
+    other = tmp_path / ".n.pt.999999999.tmp"  # another file's: left alone
+    for p in (dead, alive, other):
+        p.write_bytes(b"half")
+    _save(path, _model())
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.pt", alive.name, other.name])
+    assert remove_stale_temporaries(tmp_path / "n.pt") == [other]
