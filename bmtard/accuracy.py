@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -16,13 +18,21 @@ def percent(mask: Tensor) -> float:
 
 
 def monitor(
-    model: nn.Module, test: Split, cfg: MonitorConfig, device: torch.device, seed: int = 0
+    model: nn.Module,
+    test: Split,
+    cfg: MonitorConfig,
+    device: torch.device,
+    seed: int = 0,
+    on_batch: Callable[[str, int], None] | None = None,
 ) -> dict[str, float]:
     """The in-training check on the first ``cfg.n_images`` test images: clean accuracy and, if
     cfg.pgd_steps > 0, PGD-CE accuracy (uniform start, eps and step in 1/255; the official monitor
-    is PGD-20, step 0.003). Values in %; the model's train/eval mode is left as it was."""
+    is PGD-20, step 0.003). Values in %; the model's train/eval mode is left as it was.
+    ``on_batch(task, index)`` is called after each batch (the training loop stops there)."""
     n = test.n_first(cfg.n_images)
-    run = Runner(model, test, batch_size=cfg.batch_size, device=device, seed=seed)
+    run = Runner(
+        model, test, batch_size=cfg.batch_size, device=device, seed=seed, on_batch=on_batch
+    )
     out = {"clean_acc": percent(run.mask(Task("clean", None, n)))}
     if cfg.pgd_steps > 0:
         attack = pgd_attack(cfg.eps, cfg.pgd_steps, cfg.pgd_step_size)

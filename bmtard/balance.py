@@ -114,3 +114,7 @@ class Balance:
 
     def state_dict(self) -> dict[str, float | None]:
         return asdict(self)
+
+    def load_state_dict(self, state: dict[str, float | None]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)

@@ -1,18 +1,22 @@
-"""Shared start-up of the stage scripts and commands: arguments, logging, one-line errors."""
+"""Shared start-up of the stage scripts and commands: arguments, logging, one-line errors, and
+the guard every pipeline stage runs under (project lock, graceful stop, fault-injection name)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from bmtard import faults, project_lock
 from bmtard.config import Params, load_params
-from bmtard.errors import BmtardError
+from bmtard.errors import BmtardError, Interrupted
+from bmtard.stop import StopRequest, graceful_stop
 
 
 def run_main(body: Callable[[], None]) -> int:
-    """Run ``body`` with logging set up; a BmtardError becomes one line on stderr, exit code 2."""
+    """Run ``body`` with logging set up; a BmtardError becomes one line on stderr, exit code 2;
+    a requested stop (SIGTERM, SIGINT) one line and 128 + the signal number."""
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -20,6 +24,9 @@ def run_main(body: Callable[[], None]) -> int:
     )
     try:
         body()
+    except Interrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 128 + e.signum
     except BmtardError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -29,13 +36,39 @@ def run_main(body: Callable[[], None]) -> int:
 def run_stage(
     doc: str,
     add_arguments: Callable[[argparse.ArgumentParser], None],
-    body: Callable[[Params, argparse.Namespace], None],
+    body: Callable[[Params, argparse.Namespace, StopRequest], None],
+    argv: Sequence[str] | None = None,
+    *,
+    name: str | Callable[[argparse.Namespace], str] = "stage",
+    graceful: bool = True,
 ) -> None:
-    """Parse a stage's arguments, validate the whole params file before any work, run ``body``."""
+    """Parse a stage's arguments, validate the whole params file before any work, then run
+    ``body(params, args, stop)`` holding the project lock (``bmtard.project_lock``).
+
+    ``name`` (or a function of the arguments giving it) names the stage in the lock and for
+    ``bmtard.faults``. With ``graceful``, SIGTERM / SIGINT set ``stop`` (the training loop then
+    saves its state and exits); otherwise they end the process as usual (``stop`` stays unset).
+    """
     parser = argparse.ArgumentParser(description=doc)
     parser.add_argument(
         "--params", default="params.yaml", help="parameter file (default: %(default)s)"
     )
     add_arguments(parser)
-    args = parser.parse_args()
-    sys.exit(run_main(lambda: body(load_params(args.params), args)))
+    args = parser.parse_args(argv)
+
+    def guarded() -> None:
+        params = load_params(args.params)
+        stage = name(args) if callable(name) else name
+        faults.set_stage(stage)
+        lock = project_lock.enter_stage(f"stage {stage}")
+        try:
+            if graceful:
+                with graceful_stop() as stop:
+                    body(params, args, stop)
+            else:
+                body(params, args, StopRequest())
+        finally:
+            if lock is not None:
+                lock.close()
+
+    sys.exit(run_main(guarded))

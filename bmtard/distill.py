@@ -6,27 +6,30 @@ import logging
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from bmtard.balance import Balance
-from bmtard.checkpoint import load_model
+from bmtard.checkpoint import CheckpointInfo, ModelSpec, TrainingRecord, load_model
 from bmtard.config import DistillConfig, RunConfig, to_dict
 from bmtard.errors import CheckpointError
 from bmtard.methods.b_mtard import BMTARD
-from bmtard.models import build_model
-from bmtard.recipe import ModelSpec, Selection, StageData, train_and_save
-from bmtard.tracking import Tracker
+from bmtard.provenance import code_version
+from bmtard.selection import Selection
+from bmtard.stage_data import StageData
+from bmtard.stop import StopRequest
+from bmtard.training_stage import Outputs, train_and_save
 
 log = logging.getLogger(__name__)
 
 
 def load_teacher(
     path: Path, num_classes: int, device: torch.device
-) -> tuple[torch.nn.Module, dict]:
+) -> tuple[nn.Module, CheckpointInfo]:
     """A frozen teacher in eval mode, checked against the data's number of classes."""
     model, info = load_model(path, device)
-    if info["num_classes"] != num_classes:
+    if info.spec.num_classes != num_classes:
         raise CheckpointError(
-            f"{path}: teacher has {info['num_classes']} classes, the data has {num_classes}"
+            f"{path}: teacher has {info.spec.num_classes} classes, the data has {num_classes}"
         )
     for p in model.parameters():
         p.requires_grad_(False)
@@ -40,37 +43,38 @@ def run_distill(
     device: torch.device,
     clean_teacher: Path,
     robust_teacher: Path,
-    out_model: Path,
-    tracker: Tracker,
+    outputs: Outputs,
+    stop: StopRequest | None = None,
 ) -> Selection:
-    """Distil a ``cfg.arch`` student with B-MTARD; save the selected epoch to ``out_model``."""
+    """Distil a ``cfg.arch`` student with B-MTARD; save the selected epoch to ``outputs.model``."""
     t_nat, nat_info = load_teacher(clean_teacher, data.num_classes, device)
     t_adv, adv_info = load_teacher(robust_teacher, data.num_classes, device)
     spec = ModelSpec(cfg.arch, cfg.width, data.num_classes)
-    student = build_model(spec.arch, spec.num_classes, spec.width).to(device)
+    student = spec.build().to(device)
     method = BMTARD(t_adv, t_nat, cfg.attack, Balance.from_config(cfg.balance), cfg.kl_reduction)
-    meta = {
-        "stage": "distill",
-        "method": "b_mtard",
-        "params": to_dict(cfg),
-        "teachers": {
-            "clean": {"arch": nat_info["arch"], "sha256": nat_info["sha256"]},
-            "robust": {"arch": adv_info["arch"], "sha256": adv_info["sha256"]},
+    record = TrainingRecord(
+        stage="distill",
+        method="b_mtard",
+        params=to_dict(cfg),
+        data=data.splits,
+        teachers={
+            "clean": {"arch": nat_info.spec.arch, "sha256": nat_info.sha256},
+            "robust": {"arch": adv_info.spec.arch, "sha256": adv_info.sha256},
         },
-        "data_manifest": data.manifest.get("splits", {}),
-    }
+        code=code_version(),
+    )
     return train_and_save(
         student,
         method,
         spec,
         data,
+        section="distill",
         optim=cfg.optim,
         monitor=cfg.monitor,
         selection=cfg.checkpoint,
-        seed=run.seed,
+        run=run,
         device=device,
-        out_model=out_model,
-        tracker=tracker,
-        meta=meta,
-        desc="distill",
+        outputs=outputs,
+        record=record,
+        stop=stop,
     )

@@ -15,3 +15,15 @@ class DataError(BmtardError):
 
 class CheckpointError(BmtardError):
     """A checkpoint is missing, unreadable or does not fit the architecture."""
+
+
+class TrainingError(BmtardError):
+    """Training cannot go on (a non-finite loss, out of memory); the message says what to lower."""
+
+
+class Interrupted(BmtardError):
+    """A stop was requested (SIGTERM, SIGINT); the state is saved and a rerun continues."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

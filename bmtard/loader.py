@@ -10,6 +10,7 @@ per image on the CPU, which is the bottleneck of a GPU training loop; the distri
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,9 @@ class Batches:
 
     shuffle/augment draw from a generator seeded by (seed, epoch), so an epoch's batches depend
     only on the seed and the epoch number (call ``set_epoch`` before iterating). The last partial
-    batch is kept, as the official code does.
+    batch is kept, as the official code does. ``state_dict`` / ``load_state_dict`` save and
+    restore the position inside an epoch (the epoch, the batches already taken and the
+    generator), so that a resumed epoch yields exactly the batches an uninterrupted one would.
     """
 
     def __init__(
@@ -70,10 +73,13 @@ class Batches:
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.position = 0  # batches of this epoch already taken
+        self._resume: tuple[int, torch.Tensor | None] | None = None  # set by load_state_dict
+        self._gen: torch.Generator | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose shuffle/augmentation draws the next iteration uses."""
-        self.epoch = epoch
+        """Start ``epoch``: the next iteration yields its batches from the first one."""
+        self.epoch, self.position, self._resume, self._gen = epoch, 0, None, None
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -82,14 +88,34 @@ class Batches:
     def num_images(self) -> int:
         return len(self.labels)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The position inside the current epoch (plain data and a CPU tensor)."""
+        if self._resume is not None:  # restored and not iterated yet
+            return {"epoch": self.epoch, "position": self._resume[0], "generator": self._resume[1]}
+        gen = self._gen.get_state() if self._gen is not None else None
+        return {"epoch": self.epoch, "position": self.position, "generator": gen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The next iteration continues the epoch where ``state_dict`` was taken."""
+        self.epoch, self._gen = int(state["epoch"]), None
+        self._resume = (int(state["position"]), state["generator"])
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = len(self.labels)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         order = order.to(self.labels.device)
-        for start in range(0, n, self.batch_size):
+        self.position = 0
+        if self._resume is not None:  # continue: the draws of the batches taken are done
+            self.position, saved = self._resume
+            if saved is not None:
+                gen.set_state(saved)
+            self._resume = None
+        self._gen = gen
+        for start in range(self.position * self.batch_size, n, self.batch_size):
             idx = order[start : start + self.batch_size]
             x = to_tensor(self.images[idx])
             if self.augment:
                 x = random_crop_flip(x, 4, gen)
+            self.position += 1
             yield x, self.labels[idx]

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
-from torch import nn
 
 from bmtard.accuracy import monitor as run_monitor
-from bmtard.checkpoint import import_state_dict
+from bmtard.checkpoint import ModelSpec, TrainingRecord, import_state_dict
 from bmtard.config import CleanTeacherConfig, RobustTeacherConfig, RunConfig, to_dict
 from bmtard.io import sha256_file
 from bmtard.methods.adversarial import PGDAT, TRADES
 from bmtard.methods.standard import Standard
-from bmtard.models import build_model
-from bmtard.recipe import ModelSpec, StageData, train_and_save
+from bmtard.provenance import code_version
+from bmtard.stage_data import StageData
+from bmtard.stop import StopRequest
 from bmtard.tracking import Tracker
+from bmtard.train import Method
+from bmtard.training_stage import Outputs, finish, train_and_save, write_model
 
 log = logging.getLogger(__name__)
 
@@ -24,69 +25,71 @@ TeacherConfig = CleanTeacherConfig | RobustTeacherConfig
 
 
 def _use_checkpoint(
+    section: str,
     cfg: TeacherConfig,
     spec: ModelSpec,
+    run: RunConfig,
     data: StageData,
     device: torch.device,
-    out_model: Path,
-    tracker: Tracker,
-    section: str,
+    outputs: Outputs,
 ) -> None:
     """Import ``cfg.checkpoint`` (weights_only, strict keys), check it once on the monitor
     images, and save it in our format."""
     assert cfg.checkpoint is not None
-    model = import_state_dict(cfg.checkpoint, spec.arch, spec.num_classes, spec.width).to(device)
+    model = import_state_dict(cfg.checkpoint, spec).to(device)
     metrics = run_monitor(model, data.test, cfg.monitor, device)
     log.info("%s: imported %s: %s", section, cfg.checkpoint, metrics)
-    tracker.log(0, metrics)
-    tracker.summary({"source": "checkpoint", **metrics})
-    spec.save(
-        out_model,
-        model,
-        {
-            "stage": section,
-            "source": str(cfg.checkpoint),
-            "source_sha256": sha256_file(cfg.checkpoint),
-            "params": to_dict(cfg),
-            "selected_metrics": metrics,
-        },
+    record = TrainingRecord(
+        stage=section,
+        source=str(cfg.checkpoint),
+        source_sha256=sha256_file(cfg.checkpoint),
+        params=to_dict(cfg),
+        selected_metrics=metrics,
+        data=data.splits,
+        code=code_version(),
     )
+    with Tracker(outputs.live, outputs.tb) as tracker:
+        tracker.log(0, metrics)
+        tracker.summary({"source": "checkpoint", **metrics})
+        write_model(section, outputs.model, spec, model.state_dict(), record)
+    finish(outputs, run, None)
 
 
 def _teacher(
     section: str,
-    method: object,
+    method_name: str,
+    method: Method,
     run: RunConfig,
     cfg: TeacherConfig,
     data: StageData,
     device: torch.device,
-    out_model: Path,
-    tracker: Tracker,
+    outputs: Outputs,
+    stop: StopRequest | None,
 ) -> None:
     spec = ModelSpec(cfg.arch, cfg.width, data.num_classes)
     if cfg.checkpoint is not None:
-        _use_checkpoint(cfg, spec, data, device, out_model, tracker, section)
+        _use_checkpoint(section, cfg, spec, run, data, device, outputs)
         return
-    model: nn.Module = build_model(spec.arch, spec.num_classes, spec.width).to(device)
     train_and_save(
-        model,
+        spec.build().to(device),
         method,
         spec,
         data,
+        section=section,
         optim=cfg.optim,
         monitor=cfg.monitor,
         selection="last",
-        seed=run.seed,
+        run=run,
         device=device,
-        out_model=out_model,
-        tracker=tracker,
-        meta={
-            "stage": section,
-            "source": "trained",
-            "params": to_dict(cfg),
-            "data_manifest": data.manifest.get("splits", {}),
-        },
-        desc=section,
+        outputs=outputs,
+        record=TrainingRecord(
+            stage=section,
+            method=method_name,
+            params=to_dict(cfg),
+            data=data.splits,
+            code=code_version(),
+        ),
+        stop=stop,
     )
 
 
@@ -95,11 +98,11 @@ def train_clean_teacher(
     cfg: CleanTeacherConfig,
     data: StageData,
     device: torch.device,
-    out_model: Path,
-    tracker: Tracker,
+    outputs: Outputs,
+    stop: StopRequest | None = None,
 ) -> None:
     """Standard training of the clean teacher (or import of ``cfg.checkpoint``)."""
-    _teacher("clean_teacher", Standard(), run, cfg, data, device, out_model, tracker)
+    _teacher("clean_teacher", "standard", Standard(), run, cfg, data, device, outputs, stop)
 
 
 def train_robust_teacher(
@@ -107,9 +110,9 @@ def train_robust_teacher(
     cfg: RobustTeacherConfig,
     data: StageData,
     device: torch.device,
-    out_model: Path,
-    tracker: Tracker,
+    outputs: Outputs,
+    stop: StopRequest | None = None,
 ) -> None:
     """TRADES or PGD-AT training of the robust teacher (or import of ``cfg.checkpoint``)."""
     method = TRADES(cfg.attack, cfg.trades_beta) if cfg.method == "trades" else PGDAT(cfg.attack)
-    _teacher("robust_teacher", method, run, cfg, data, device, out_model, tracker)
+    _teacher("robust_teacher", cfg.method, method, run, cfg, data, device, outputs, stop)

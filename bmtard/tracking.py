@@ -4,6 +4,9 @@ dvclive is used with ``dvcyaml=False`` (the stage's files are declared in dvc.ya
 default dvclive would rewrite dvc.yaml) and ``save_dvc_exp=False`` (``dvc exp run`` records the
 experiment itself). Where dvclive is not installed (e.g. a bare GPU machine) only TensorBoard is
 written, with a warning.
+
+A stage opens its tracker only after every input was checked; the folders are then replaced
+(a resumed stage replays the saved history into them, see ``replay``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,12 @@ class Tracker:
                 self.live.log_metric(name, value)
             self.live.next_step()
         self.tb.flush()
+
+    def replay(self, history: list[dict[str, float]]) -> None:
+        """Log a resumed run's earlier epochs again (each {"step": epoch, **metrics}), so the
+        fresh curves hold every step once."""
+        for entry in history:
+            self.log(int(entry["step"]), {k: v for k, v in entry.items() if k != "step"})
 
     def summary(self, values: dict[str, Any]) -> None:
         """Final values shown by ``dvc exp show`` (in dvclive's metrics.json)."""

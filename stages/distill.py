@@ -5,8 +5,8 @@ from pathlib import Path
 from bmtard import runtime
 from bmtard.cli import run_stage
 from bmtard.distill import run_distill
-from bmtard.recipe import StageData
-from bmtard.tracking import Tracker
+from bmtard.stage_data import StageData
+from bmtard.training_stage import Outputs
 
 
 def add_arguments(p):
@@ -18,21 +18,19 @@ def add_arguments(p):
     p.add_argument("--tb", required=True, help="TensorBoard folder")
 
 
-def main(params, args):
+def main(params, args, stop):
     device = runtime.setup(params.run)
-    data = StageData.load(args.data)
-    with Tracker(args.live, args.tb) as tracker:
-        run_distill(
-            params.run,
-            params.distill,
-            data,
-            device,
-            Path(args.clean_teacher),
-            Path(args.robust_teacher),
-            Path(args.out),
-            tracker,
-        )
+    run_distill(
+        params.run,
+        params.distill,
+        StageData.load(args.data),
+        device,
+        Path(args.clean_teacher),
+        Path(args.robust_teacher),
+        Outputs(Path(args.out), Path(args.live), Path(args.tb)),
+        stop,
+    )
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, add_arguments, main)
+    run_stage(__doc__, add_arguments, main, name="distill")

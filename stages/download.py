@@ -11,10 +11,10 @@ def add_arguments(p):
     p.add_argument("--out", required=True, help="folder for train.npz, test.npz, manifest.json")
 
 
-def main(params, args):
+def main(params, args, stop=None):
     manifest = prepare(params.data, args.out)
     write_json(Path(args.out) / "manifest.json", manifest)
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, add_arguments, main)
+    run_stage(__doc__, add_arguments, main, name="download", graceful=False)

@@ -16,7 +16,7 @@ def add_arguments(p):
     p.add_argument("--plots", required=True, help="folder for eps_curve.csv and per_class.csv")
 
 
-def main(params, args):
+def main(params, args, stop=None):
     device = runtime.setup(params.run)
     evaluate_pipeline(
         params.evaluate,
@@ -33,4 +33,4 @@ def main(params, args):
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, add_arguments, main)
+    run_stage(__doc__, add_arguments, main, name="evaluate", graceful=False)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from bmtard import runtime
 from bmtard.cli import run_stage
-from bmtard.recipe import StageData
+from bmtard.stage_data import StageData
 from bmtard.teachers import train_clean_teacher, train_robust_teacher
-from bmtard.tracking import Tracker
+from bmtard.training_stage import Outputs
 
 
 def add_arguments(p):
@@ -18,16 +18,16 @@ def add_arguments(p):
     p.add_argument("--tb", required=True, help="TensorBoard folder")
 
 
-def main(params, args):
+def main(params, args, stop):
     device = runtime.setup(params.run)
     data = StageData.load(args.data)
     if args.role == "clean":
         train, cfg = train_clean_teacher, params.clean_teacher
     else:
         train, cfg = train_robust_teacher, params.robust_teacher
-    with Tracker(args.live, args.tb) as tracker:
-        train(params.run, cfg, data, device, Path(args.out), tracker)
+    outputs = Outputs(Path(args.out), Path(args.live), Path(args.tb))
+    train(params.run, cfg, data, device, outputs, stop)
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, add_arguments, main)
+    run_stage(__doc__, add_arguments, main, name=lambda args: f"train_{args.role}_teacher")

@@ -5,19 +5,18 @@ import copy
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from training_helpers import WIDTH, monitor_cfg, teachers, tiny_data
 
 from bmtard import runtime
 from bmtard.attacks.pgd import pgd_ce
-from bmtard.checkpoint import load_model, save_model
+from bmtard.checkpoint import ModelSpec, TrainingRecord, load_model
 from bmtard.config import (
     CleanTeacherConfig,
     DistillConfig,
-    MonitorConfig,
     OptimConfig,
     RobustTeacherConfig,
     RunConfig,
@@ -26,20 +25,22 @@ from bmtard.config import (
 )
 from bmtard.datasets import Split
 from bmtard.distill import run_distill
-from bmtard.errors import CheckpointError
+from bmtard.errors import CheckpointError, TrainingError
 from bmtard.io import sha256_file
 from bmtard.methods.adversarial import PGDAT, TRADES
 from bmtard.methods.standard import Standard
 from bmtard.models import build_model
-from bmtard.recipe import ModelSpec, Selection, StageData, train_and_save
+from bmtard.provenance import code_version
+from bmtard.selection import Selection
+from bmtard.stage_data import StageData
 from bmtard.teachers import train_clean_teacher, train_robust_teacher
 from bmtard.tracking import Tracker
-from bmtard.train import fit
+from bmtard.train import Parts, fit, make_optimizer
+from bmtard.training_stage import Outputs, train_and_save
 
 from conftest import TinyNet
 
 CPU = torch.device("cpu")
-WIDTH = 0.0625
 
 
 @pytest.fixture(autouse=True)
@@ -48,26 +49,18 @@ def _outside_the_repo(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def _split(n: int, seed: int) -> Split:
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
-    labels = np.tile(np.arange(10, dtype=np.int64), -(-n // 10))[:n]
-    rng.shuffle(labels)
-    return Split(images, labels)
-
-
 @pytest.fixture(scope="module")
 def data() -> StageData:
-    manifest = {
-        "dataset": "cifar10",
-        "num_classes": 10,
-        "splits": {"train": {"count": 64}, "test": {"count": 32}},
-    }
-    return StageData(_split(64, 1), _split(32, 2), manifest)
+    return tiny_data()
 
 
 def _tracker(tmp_path, name: str = "stage") -> Tracker:
     return Tracker(tmp_path / name / "live", tmp_path / name / "tb")
+
+
+def _outputs(tmp_path, out, name: str | None = None) -> Outputs:
+    name = name or out.stem
+    return Outputs(out, tmp_path / name / "live", tmp_path / name / "tb")
 
 
 def _tsv(live_dir, name: str) -> dict[int, float]:
@@ -85,11 +78,7 @@ def _accuracy(model: nn.Module, split: Split) -> float:
     return 100.0 * int((pred == torch.from_numpy(split.labels)).sum()) / len(split)
 
 
-def _mon(pgd_steps: int = 0) -> MonitorConfig:
-    """Monitor at the first and last epoch only, on all 32 test images."""
-    return MonitorConfig(
-        every=1000, dense_from=10**6, n_images=32, batch_size=32, pgd_steps=pgd_steps
-    )
+_mon = monitor_cfg
 
 
 def _state(path) -> dict[str, torch.Tensor]:
@@ -161,7 +150,8 @@ def test_fit_lr_schedule_metrics_and_on_epoch():
     def on_epoch(epoch, metrics):
         seen.append((epoch, dict(metrics), model.weight.item()))
 
-    fit(model, method, batches, cfg, monitor=monitor, on_epoch=on_epoch, desc="t")
+    parts = Parts(model, method, batches, make_optimizer(model, cfg))
+    fit(parts, cfg, section="t", monitor=monitor, on_epoch=on_epoch)
 
     lrs = [0.1, 0.1 * 0.5, 0.1 * 0.5, 0.1 * 0.5**2]  # milestones 1 and 3: decay after them
     assert [e for e, _, _ in seen] == [1, 2, 3, 4]
@@ -188,9 +178,14 @@ def test_fit_stops_on_a_non_finite_loss(call, bad, word):
     cfg = OptimConfig(epochs=3, lr=0.1, momentum=0.0, weight_decay=0.0, milestones=[])
     seen = []
     epoch = (call + 1) // 2
-    with pytest.raises(FloatingPointError, match=rf"^mine: loss is -?{word} at epoch {epoch}$"):
-        fit(model, method, ListBatches(), cfg, monitor=lambda e: None,
-            on_epoch=lambda e, m: seen.append(e), desc="mine")  # fmt: skip
+    batch = 2 - call % 2
+    want = (
+        rf"^mine: epoch {epoch}, batch {batch}: non-finite loss \(-?{word}\); "
+        r"lower mine\.optim\.lr \(now 0\.1\)$"
+    )
+    with pytest.raises(TrainingError, match=want):
+        fit(Parts(model, method, ListBatches(), make_optimizer(model, cfg)), cfg, section="mine",
+            monitor=lambda e: None, on_epoch=lambda e, m: seen.append(e))  # fmt: skip
     assert seen == list(range(1, epoch))
     assert model.weight.item() == pytest.approx(0.1 * (call - 1))  # no step on the bad batch
 
@@ -258,11 +253,10 @@ def _robust_cfg(**kw) -> RobustTeacherConfig:
 def _train_teacher(kind, seed, data, out, tmp_path, cfg=None):
     run = RunConfig(seed=seed, device="cpu")
     device = runtime.setup(run)
-    with _tracker(tmp_path, out.stem) as tracker:
-        if kind == "clean":
-            train_clean_teacher(run, cfg or _clean_cfg(), data, device, out, tracker)
-        else:
-            train_robust_teacher(run, cfg or _robust_cfg(), data, device, out, tracker)
+    if kind == "clean":
+        train_clean_teacher(run, cfg or _clean_cfg(), data, device, _outputs(tmp_path, out))
+    else:
+        train_robust_teacher(run, cfg or _robust_cfg(), data, device, _outputs(tmp_path, out))
 
 
 @pytest.mark.parametrize("kind", ["clean", "robust"])
@@ -288,13 +282,14 @@ def test_trained_teacher_meta_and_logs(tmp_path, data):
     cfg = _clean_cfg()
     _train_teacher("clean", 0, data, out, tmp_path, cfg)
     model, info = load_model(out)
-    assert (info["arch"], info["width"], info["num_classes"]) == ("resnet18", WIDTH, 10)
-    meta = info["meta"]
-    assert meta["stage"] == "clean_teacher" and meta["source"] == "trained"
-    assert meta["epoch"] == 2 and meta["selection"] == "last"
-    assert meta["params"] == to_dict(cfg)
-    assert meta["data_manifest"] == data.manifest["splits"]
-    sm = meta["selected_metrics"]
+    assert info.spec == ModelSpec("resnet18", WIDTH, 10)
+    rec = info.record
+    assert rec.stage == "clean_teacher" and rec.source == "trained" and rec.method == "standard"
+    assert rec.epoch == 2 and rec.selection == "last"
+    assert rec.params == to_dict(cfg)
+    assert rec.data == data.manifest["splits"]
+    assert rec.code == code_version() and len(rec.code["package_sha256"]) == 64
+    sm = rec.selected_metrics
     assert set(sm) == {"loss", "train_acc", "lr", "clean_acc"}
     assert sm["lr"] == pytest.approx(0.005)
     assert sm["clean_acc"] == _accuracy(model, data.test)
@@ -312,22 +307,24 @@ def test_train_and_save_seed_drives_shuffle_and_augmentation(tmp_path, data):
     torch.manual_seed(0)
     init = build_model("resnet18", 10, WIDTH)
     optim = OptimConfig(epochs=1, batch_size=32, lr=0.05, milestones=[])
-    states = []
+    states, sels = [], []
     for i, seed in enumerate((0, 0, 1)):
         out = tmp_path / f"s{i}.pt"
-        with _tracker(tmp_path, f"s{i}") as tracker:
-            sel = train_and_save(
-                copy.deepcopy(init), Standard(), spec, data, optim=optim, monitor=_mon(),
-                selection="last", seed=seed, device=CPU, out_model=out, tracker=tracker,
-                meta={"k": 1}, desc="t",
-            )  # fmt: skip
+        sel = train_and_save(
+            copy.deepcopy(init), Standard(), spec, data, section="t", optim=optim,
+            monitor=_mon(), selection="last", run=RunConfig(seed=seed), device=CPU,
+            outputs=_outputs(tmp_path, out), record=TrainingRecord(stage="t", method="m"),
+        )  # fmt: skip
         assert sel.best_epoch == 1
         states.append(_state(out))
+        sels.append(sel)
     a, b, c = states
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["linear.weight"], c["linear.weight"])
-    meta = torch.load(tmp_path / "s0.pt", weights_only=True)["meta"]
-    assert meta["k"] == 1 and meta["epoch"] == 1 and meta["selection"] == "last"
+    _, info = load_model(tmp_path / "s0.pt")
+    assert info.record == TrainingRecord(
+        stage="t", method="m", epoch=1, selection="last", selected_metrics=sels[0].best_metrics
+    )
 
 
 # --------------------------------------------------------------------------- imported teacher
@@ -354,13 +351,14 @@ def test_teacher_from_checkpoint_is_imported_checked_and_saved(tmp_path, data, k
     model, info = load_model(out)
     for k, v in src.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k  # imported as is, not trained
-    meta = info["meta"]
-    assert meta["stage"] == f"{kind}_teacher"
-    assert meta["source"] == str(plain)
-    assert meta["source_sha256"] == sha256_file(plain)
-    assert meta["params"] == to_dict(cfg)
+    meta = info.record
+    assert meta.stage == f"{kind}_teacher"
+    assert meta.source == str(plain)
+    assert meta.source_sha256 == sha256_file(plain)
+    assert meta.params == to_dict(cfg)
+    assert meta.data == data.manifest["splits"] and meta.code == code_version()
     acc = _accuracy(src, data.test)
-    sm = meta["selected_metrics"]
+    sm = meta.selected_metrics
     assert sm["clean_acc"] == acc
     assert set(sm) == ({"clean_acc"} if kind == "clean" else {"clean_acc", "pgd_acc"})
     live = tmp_path / "teacher" / "live"
@@ -387,21 +385,7 @@ def test_teacher_checkpoint_that_does_not_fit_is_refused(tmp_path, data):
 # --------------------------------------------------------------------------- distillation
 
 
-def _teachers(tmp_path, clean_classes: int = 10, robust_classes: int = 10):
-    """A clean teacher with uniform outputs (the highest entropy) and a confident robust one, so
-    that Entropy-Based Balance moves the temperatures in a known direction."""
-    clean, robust = tmp_path / "clean.pt", tmp_path / "robust.pt"
-    torch.manual_seed(11)
-    m = build_model("resnet18", clean_classes, WIDTH)
-    with torch.no_grad():
-        m.linear.weight.zero_()
-        m.linear.bias.zero_()
-    save_model(clean, m, arch="resnet18", width=WIDTH, num_classes=clean_classes)
-    m = build_model("preact_resnet18", robust_classes, WIDTH)
-    with torch.no_grad():
-        m.linear.weight.mul_(50.0)
-    save_model(robust, m, arch="preact_resnet18", width=WIDTH, num_classes=robust_classes)
-    return clean, robust
+_teachers = teachers
 
 
 def _distill_cfg(rule: str) -> DistillConfig:
@@ -424,8 +408,7 @@ def test_distill_end_to_end(tmp_path, data, rule):
     run = RunConfig(seed=0, device="cpu")
     out = tmp_path / "student.pt"
     device = runtime.setup(run)
-    with _tracker(tmp_path, "distill") as tracker:
-        sel = run_distill(run, cfg, data, device, clean, robust, out, tracker)
+    sel = run_distill(run, cfg, data, device, clean, robust, _outputs(tmp_path, out, "distill"))
 
     live, tb = tmp_path / "distill" / "live", tmp_path / "distill" / "tb"
     clean_acc, pgd_acc = _tsv(live, "clean_acc"), _tsv(live, "pgd_acc")
@@ -446,17 +429,18 @@ def test_distill_end_to_end(tmp_path, data, rule):
     assert sel.rule == rule and sel.best_epoch == epoch
 
     student, info = load_model(out)
-    assert (info["arch"], info["width"], info["num_classes"]) == ("resnet18", WIDTH, 10)
-    meta = info["meta"]
-    assert meta["stage"] == "distill" and meta["method"] == "b_mtard"
-    assert meta["epoch"] == epoch and meta["selection"] == rule
-    assert meta["params"] == to_dict(cfg)
-    assert meta["teachers"] == {
+    assert info.spec == ModelSpec("resnet18", WIDTH, 10)
+    meta = info.record
+    assert meta.stage == "distill" and meta.method == "b_mtard"
+    assert meta.epoch == epoch and meta.selection == rule
+    assert meta.params == to_dict(cfg)
+    assert meta.code == code_version()
+    assert meta.teachers == {
         "clean": {"arch": "resnet18", "sha256": sha256_file(clean)},
         "robust": {"arch": "preact_resnet18", "sha256": sha256_file(robust)},
     }
-    assert meta["data_manifest"] == data.manifest["splits"]
-    sm = meta["selected_metrics"]
+    assert meta.data == data.manifest["splits"]
+    sm = meta.selected_metrics
     assert set(sm) == {
         "loss", "loss_adv", "loss_nat", "tau_adv", "tau_nat", "w_adv", "w_nat", "lr",
         "clean_acc", "pgd_acc",
@@ -492,8 +476,8 @@ def test_distill_refuses_teacher_with_other_number_of_classes(tmp_path, data, wh
     bad = clean if which == "clean" else robust
     out = tmp_path / "student.pt"
     run = RunConfig(seed=0, device="cpu")
-    with _tracker(tmp_path, "distill") as tracker, pytest.raises(CheckpointError) as err:
-        run_distill(run, _distill_cfg("last"), data, CPU, clean, robust, out, tracker)
+    with pytest.raises(CheckpointError) as err:
+        run_distill(run, _distill_cfg("last"), data, CPU, clean, robust, _outputs(tmp_path, out))
     assert str(err.value) == f"{bad}: teacher has 5 classes, the data has 10"
     assert not out.exists()
 

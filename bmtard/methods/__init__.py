@@ -7,7 +7,8 @@ Every method has
       the lr);
       logs are per-batch floats averaged over the epoch by the loop;
   ``status() -> dict[str, float]``: state worth logging at the end of an epoch;
-  ``state_dict() -> dict``: what a checkpoint must keep to resume.
+  ``state_dict() -> dict`` / ``load_state_dict(dict)``: the method's own state (plain data and
+      tensors), saved with the training state so that a killed run resumes exactly.
 
 Import a method from its own module (``bmtard.methods.b_mtard``, ...), so that a stage depends
 only on the code it runs.

@@ -38,6 +38,9 @@ class PGDAT:
     def state_dict(self) -> dict:
         return {}
 
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 @dataclass
 class TRADES:
@@ -93,3 +96,6 @@ class TRADES:
 
     def state_dict(self) -> dict:
         return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

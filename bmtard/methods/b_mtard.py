@@ -59,3 +59,6 @@ class BMTARD:
 
     def state_dict(self) -> dict:
         return self.balance.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.balance.load_state_dict(state)

@@ -1,0 +1,58 @@
+"""Which epoch's model a training stage keeps: 'best' = highest (clean + PGD)/2 on the monitor
+(the official rule; with no PGD in the monitor, clean accuracy), or 'last'."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Selection:
+    """The selected epoch so far, its monitor metrics and a CPU copy of its weights."""
+
+    rule: str
+    best_score: float = -math.inf
+    best_epoch: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] | None = None
+
+    def consider(
+        self, epoch: int, epochs: int, metrics: dict[str, float], model: nn.Module | None = None
+    ) -> bool:
+        """True when the model of ``epoch`` becomes the selected one (its weights are copied)."""
+        if self.rule == "last":
+            chosen = epoch == epochs
+        elif "clean_acc" not in metrics:
+            return False
+        else:
+            score = (metrics["clean_acc"] + metrics.get("pgd_acc", metrics["clean_acc"])) / 2
+            chosen = score > self.best_score
+            if chosen:
+                self.best_score = score
+        if chosen:
+            self.best_epoch = epoch
+            self.best_metrics = dict(metrics)
+            if model is not None:
+                self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return chosen
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_metrics": self.best_metrics,
+            "weights": self.weights,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rule = state["rule"]
+        self.best_score = state["best_score"]
+        self.best_epoch = state["best_epoch"]
+        self.best_metrics = dict(state["best_metrics"])
+        self.weights = state["weights"]
