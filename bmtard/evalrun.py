@@ -12,21 +12,20 @@ own, but restoring it fails in that release, so resuming happens here, between b
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from bmtard import faults
 from bmtard.attacks.pgd import pgd_ce
 from bmtard.datasets import Split
-from bmtard.io import write_json
+from bmtard.io import digest, write_json
 from bmtard.loader import Batches
 
 log = logging.getLogger(__name__)
@@ -41,28 +40,35 @@ def pgd_attack(eps: float, steps: int = 20, step_size: float | None = None) -> A
     return functools.partial(pgd_ce, eps=eps / 255, step_size=step, steps=steps, init="uniform")
 
 
-def digest(data: Any) -> str:
-    """A stable hex key of plain data (JSON-serialisable)."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def batch_seed(seed: int, task: str, index: int) -> int:
     """The seed of one batch of one task: independent of what ran before it."""
     return int(digest([seed, task, index])[:8], 16)
 
 
 class ResumeState:
-    """Per-batch results saved in ``folder/<key>.json``; a file with another key is ignored."""
+    """Per-batch results saved in ``folder/<key>.json``; a file with another key is ignored, a
+    damaged one (e.g. cut short by a full disk) is reported and treated as absent."""
 
     def __init__(self, folder: str | Path | None, key: str) -> None:
         self.path = None if folder is None else Path(folder) / f"{key[:16]}.json"
         self.key = key
         self.done: dict[str, dict[str, str]] = {}
         if self.path is not None and self.path.is_file():
-            saved = json.loads(self.path.read_text())
-            if saved.get("key") == key:
-                self.done = saved["done"]
-                n = sum(len(v) for v in self.done.values())
+            try:
+                saved = json.loads(self.path.read_text())
+                done = saved["done"] if saved.get("key") == key else {}
+                if not all(
+                    isinstance(bits, str) and set(bits) <= {"0", "1"}
+                    for batches in done.values()
+                    for bits in batches.values()
+                ):
+                    raise ValueError("unexpected content")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                log.warning("ignoring the damaged evaluation state %s (%s)", self.path, e)
+                done = {}
+            self.done = done
+            if done:
+                n = sum(len(v) for v in done.values())
                 log.info("resuming evaluation from %s (%d finished batches)", self.path, n)
 
     def get(self, task: str, index: int) -> Tensor | None:
@@ -141,6 +147,7 @@ class Runner:
                 if done is None:
                     done = self._batch(task, index, x, y)
                     self.state.put(task.name, index, done)
+                    faults.hit("eval_batch")
                     if self.on_batch is not None:
                         self.on_batch(task.name, index)
                 parts.append(done)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,33 +27,50 @@ import torch
 from torch import nn
 
 from bmtard.accuracy import percent
-from bmtard.checkpoint import import_state_dict, load_model
+from bmtard.checkpoint import (
+    CheckpointInfo,
+    ModelSpec,
+    TrainingRecord,
+    import_state_dict,
+    load_model,
+)
 from bmtard.config import EvaluateConfig, load_params, parse_params, to_dict
-from bmtard.datasets import Split, load_split
+from bmtard.datasets import Split, load_manifest, load_split
 from bmtard.errors import BmtardError, ParamsError
 from bmtard.evalrun import Runner, Task
 from bmtard.io import sha256_file, write_atomic, write_json
 from bmtard.protocol import Evaluation, evaluate_model, protocol_attack
+from bmtard.provenance import code_version
 
 log = logging.getLogger(__name__)
 
 DATASET_BY_CLASSES = {10: "cifar10", 100: "cifar100"}
 
 
-def model_card(ev: Evaluation, info: dict[str, Any], checkpoint: str, dataset: str) -> dict:
-    """RobustBench-style description of one evaluated model."""
-    meta = info.get("meta", {})
+def model_card(ev: Evaluation, info: CheckpointInfo, checkpoint: str, dataset: str) -> dict:
+    """RobustBench-style description of one evaluated model, with what made it: the training
+    record (stage, method, epoch, selection, teachers' and data SHA-256s, the training code)
+    and the code and test data of this evaluation."""
+    rec = info.record
+    training = {
+        "stage": rec.stage,
+        "method": rec.method,
+        "source": rec.source,
+        "source_sha256": rec.source_sha256,
+        "epoch": rec.epoch,
+        "selection": rec.selection,
+        "teachers": rec.teachers,
+        "data_sha256": {k: v.get("sha256") for k, v in rec.data.items() if isinstance(v, dict)},
+        "code": rec.code,
+    }
     card = {
-        "architecture": info["arch"],
-        "width": info["width"],
-        "num_classes": info["num_classes"],
+        "architecture": info.spec.arch,
+        "width": info.spec.width,
+        "num_classes": info.spec.num_classes,
         "checkpoint": str(checkpoint),
-        "checkpoint_sha256": info["sha256"],
-        "training": {
-            k: meta[k]
-            for k in ("stage", "method", "source", "epoch", "selection", "teachers")
-            if k in meta
-        },
+        "checkpoint_sha256": info.sha256,
+        "training": {k: v for k, v in training.items() if v not in (None, {})},
+        "evaluation_code": code_version(),
         "dataset": dataset,
         "threat_model": "Linf",
         "eps": f"{ev.protocol['eps']:g}/255",
@@ -113,6 +130,22 @@ def fail_if_asked(ev: Evaluation, cfg: EvaluateConfig) -> None:
         )
 
 
+def check_resume_dir(cfg: EvaluateConfig) -> None:
+    """Fail before any work if ``evaluate.resume_dir`` cannot be created or written."""
+    if cfg.resume_dir is None:
+        return
+    folder = Path(cfg.resume_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as e:
+        raise ParamsError(
+            f"evaluate.resume_dir = {cfg.resume_dir!r}: cannot be created or written "
+            f"({e.strerror or e}); choose another folder, or null to evaluate without resuming"
+        ) from None
+
+
 def evaluate_teacher(
     model: nn.Module, test: Split, cfg: EvaluateConfig, device: torch.device, seed: int = 0
 ) -> dict[str, float]:
@@ -126,32 +159,34 @@ def evaluate_teacher(
 
 def evaluate_file(
     model: nn.Module,
-    info: dict[str, Any],
+    info: CheckpointInfo,
     test_path: str | Path,
     cfg: EvaluateConfig,
     device: torch.device,
     seed: int,
-    transfer: tuple[nn.Module, dict[str, Any]] | None,
+    transfer: tuple[nn.Module, CheckpointInfo] | None,
 ) -> tuple[Evaluation, Split, str]:
     """The protocol on a test split file; ``transfer`` = (model, info) to craft the transfer
     attack on. Class names and dataset come from the manifest beside the file when there is one
     (else from the model's number of classes)."""
-    test = load_split(test_path)
-    path = Path(test_path).with_name("manifest.json")
-    manifest = json.loads(path.read_text()) if path.is_file() else {}
-    source, source_info = transfer if transfer is not None else (None, {"sha256": ""})
+    manifest = {}
+    if Path(test_path).with_name("manifest.json").is_file():
+        manifest = load_manifest(Path(test_path).parent)
+    expected = manifest.get("splits", {}).get(Path(test_path).stem, {}).get("sha256")
+    test = load_split(test_path, expected)
+    source, source_id = (transfer[0], transfer[1].sha256) if transfer is not None else (None, "")
     ev = evaluate_model(
         model,
         test,
         cfg,
         device,
         seed=seed,
-        model_id=info["sha256"],
+        model_id=info.sha256,
         transfer_source=source,
-        transfer_id=source_info["sha256"],
+        transfer_id=source_id,
         class_names=manifest.get("classes"),
     )
-    n = info["num_classes"]
+    n = info.spec.num_classes
     return ev, test, manifest.get("dataset") or DATASET_BY_CLASSES.get(n, f"{n} classes")
 
 
@@ -170,6 +205,7 @@ def evaluate_pipeline(
 ) -> None:
     """The evaluate stage: the protocol and sanity checks on the student (the robust teacher is
     the transfer source), a check of both teachers, then every output file."""
+    check_resume_dir(cfg)
     model, info = load_model(student, device)
     teachers = {
         role: load_model(p, device)
@@ -185,9 +221,9 @@ def evaluate_pipeline(
         acc = evaluate_teacher(teacher, test, cfg, device, seed)
         numbers["teachers"][role] = {k: acc[k] for k in ("clean", "pgd_trades")}
         the_card["teachers"][role] = {
-            "architecture": tinfo["arch"],
-            "width": tinfo["width"],
-            "checkpoint_sha256": tinfo["sha256"],
+            "architecture": tinfo.spec.arch,
+            "width": tinfo.spec.width,
+            "checkpoint_sha256": tinfo.sha256,
             **acc,
         }
     write_outputs(
@@ -202,18 +238,13 @@ def evaluate_pipeline(
 
 def _load_any(
     path: str, arch: str | None, width: float, num_classes: int, device: torch.device
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[nn.Module, CheckpointInfo]:
     """Our checkpoint format, or (with ``arch``) a plain published state_dict."""
     if arch is None:
         return load_model(path, device)
-    model = import_state_dict(path, arch, num_classes, width).to(device)
-    return model, {
-        "arch": arch,
-        "width": width,
-        "num_classes": num_classes,
-        "sha256": sha256_file(path),
-        "meta": {"source": path},
-    }
+    spec = ModelSpec(arch, width, num_classes)
+    model = import_state_dict(path, spec).to(device)
+    return model, CheckpointInfo(spec, sha256_file(path), TrainingRecord(source=path))
 
 
 def _config(args: argparse.Namespace) -> tuple[EvaluateConfig, int, str]:
@@ -235,7 +266,9 @@ def _config(args: argparse.Namespace) -> tuple[EvaluateConfig, int, str]:
     seed = args.seed if args.seed is not None else seed
     device = args.device or device
     try:
-        params = parse_params({"evaluate": raw, "run": {"device": device, "seed": seed}})
+        params = parse_params(
+            {"evaluate": raw, "run": {"device": device, "seed": seed}}, complete=False
+        )
     except ParamsError as e:
         raise ParamsError(f"command line: {e}") from None
     return params.evaluate, seed, params.run.device
@@ -276,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         cfg, seed, device_name = _config(args)
         device = resolve_device(device_name)
+        check_resume_dir(cfg)
         model, info = _load_any(args.checkpoint, args.arch, args.width, args.num_classes, device)
         source = load_model(args.transfer_from, device) if args.transfer_from else None
         ev, _, dataset = evaluate_file(model, info, args.data, cfg, device, seed, source)

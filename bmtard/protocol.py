@@ -28,8 +28,10 @@ from bmtard.attacks.fgsm import fgsm
 from bmtard.attacks.pgd import pgd_ce
 from bmtard.config import EVAL_ATTACKS, EvaluateConfig
 from bmtard.datasets import Split
-from bmtard.evalrun import Attack, ResumeState, Runner, Task, digest, pgd_attack
+from bmtard.evalrun import Attack, ResumeState, Runner, Task, pgd_attack
+from bmtard.io import digest
 from bmtard.loader import to_tensor
+from bmtard.provenance import loaded_code_sha256
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ def _settings(attack: Attack | None) -> tuple:
 
 
 def data_digest(split: Split, n: int) -> str:
+    """SHA-256 of the first ``n`` images and labels of ``split``."""
     h = hashlib.sha256(split.images[:n].tobytes())
     h.update(split.labels[:n].tobytes())
     return h.hexdigest()
@@ -141,8 +144,9 @@ def evaluate_model(
     """Run the protocol, the eps-curve and the sanity checks on ``model`` (put in eval mode, fp32).
 
     ``model_id`` and ``transfer_id`` (e.g. the checkpoints' SHA-256) key the resume state
-    together with the data and the protocol, so a changed model never reuses old results. The
-    state is kept until ``Evaluation.finish()`` (called once the results are written).
+    together with the data, the protocol and the code, so a changed model or changed code never
+    reuses old results. The state is kept until ``Evaluation.finish()`` (called once the
+    results are written).
     """
     model = model.float().eval()
     # the reference AutoAttack runs the autoattack attack and the sanity checks' Square attack:
@@ -150,7 +154,8 @@ def evaluate_model(
     aa_version = autoattack_version() if "autoattack" in cfg.attacks or cfg.sanity.enabled else None
     n = test.n_first(cfg.n_images)
     transfer = transfer_id if transfer_source is not None else None
-    key = digest([model_id, transfer, data_digest(test, n), asdict(cfg), seed])
+    code = loaded_code_sha256()
+    key = digest([model_id, transfer, data_digest(test, n), asdict(cfg), seed, code])
     state = ResumeState(cfg.resume_dir, key)
     run = Runner(
         model,
@@ -210,6 +215,7 @@ def evaluate_model(
         "cw_kappa": cfg.cw_kappa,
         "seed": seed,
         "eps_curve": "PGD-20, step eps/4, uniform start",
+        "data_sha256": data_digest(test, n),  # of the evaluated images and labels
     }
     if aa_version is not None:
         protocol["autoattack"] = {

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from bmtard.checkpoint import save_model
+from bmtard.checkpoint import ModelSpec, TrainingRecord, save_model
 from bmtard.config import EvaluateConfig, SanityConfig
 from bmtard.datasets import Split, save_split
 from bmtard.evaluate import main
 from bmtard.io import sha256_file
 from bmtard.models import build_model
 from bmtard.protocol import evaluate_model, per_class
+from bmtard.provenance import code_version
 
 from conftest import synthetic, train_linear
 
@@ -100,6 +101,62 @@ def test_state_of_another_model_is_not_reused(honest, tmp_path):
     assert ("fgsm", 0) in computed and ("clean", 0) in computed
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda text: text[: len(text) // 2],  # cut short (a full disk)
+        lambda text: "not json at all",
+        lambda text: json.dumps({"key": json.loads(text)["key"], "done": {"fgsm": {"0": "12"}}}),
+        lambda text: json.dumps({"key": json.loads(text)["key"], "done": ["x"]}),
+    ],
+)
+def test_damaged_resume_file_is_reported_and_treated_as_absent(honest, tmp_path, caplog, damage):
+    """A damaged file would otherwise block every rerun until deleted by hand."""
+    model, test = honest
+    c = cfg(tmp_path, attacks=["fgsm"], sanity=SanityConfig(enabled=False), eps_curve=[])
+
+    def stop(task, index):
+        if task == "fgsm" and index == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        evaluate_model(model, test, c, CPU, model_id="m", on_batch=stop)
+    (state,) = (tmp_path / "state").glob("*.json")
+    state.write_text(damage(state.read_text()))
+    computed = []
+    with caplog.at_level("WARNING"):
+        again = evaluate_model(
+            model, test, c, CPU, model_id="m", on_batch=lambda t, i: computed.append((t, i))
+        )
+    assert f"ignoring the damaged evaluation state {state}" in caplog.text
+    assert ("clean", 0) in computed and ("fgsm", 0) in computed  # started over
+    full = evaluate_model(model, test, cfg(tmp_path / "full", **_no_extras()), CPU, model_id="m")
+    assert again.accuracy == full.accuracy
+
+
+def _no_extras() -> dict:
+    return {"attacks": ["fgsm"], "sanity": SanityConfig(enabled=False), "eps_curve": []}
+
+
+def test_resume_key_includes_the_code(honest, tmp_path, monkeypatch):
+    """Results computed by other code are never reused."""
+    from bmtard import protocol
+
+    model, test = honest
+    c = cfg(tmp_path, **_no_extras())
+
+    def stop(task, index):
+        if task == "fgsm" and index == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        evaluate_model(model, test, c, CPU, model_id="m", on_batch=stop)
+    monkeypatch.setattr(protocol, "loaded_code_sha256", lambda: "0" * 64)
+    computed = []
+    evaluate_model(model, test, c, CPU, model_id="m", on_batch=lambda t, i: computed.append((t, i)))
+    assert ("clean", 0) in computed and ("fgsm", 0) in computed
+
+
 def test_same_seed_same_numbers_and_accuracy_facts(honest, tmp_path):
     model, test = honest
     c = cfg(tmp_path, resume_dir=None)
@@ -136,11 +193,9 @@ def files(tmp_path_factory):
     model = build_model("resnet18", 10, 0.0625)
     save_model(
         d / "student.pt",
-        model,
-        arch="resnet18",
-        width=0.0625,
-        num_classes=10,
-        meta={"stage": "distill", "epoch": 3, "selection": "best"},
+        ModelSpec("resnet18", 0.0625, 10),
+        model.state_dict(),
+        TrainingRecord(stage="distill", epoch=3, selection="best"),
     )
     torch.save(model.state_dict(), d / "plain.pt")
     rng = np.random.default_rng(0)
@@ -184,6 +239,10 @@ def test_command_writes_metrics_plots_and_card(files, capsys):
     assert (card["architecture"], card["dataset"], card["eps"]) == ("resnet18", "cifar10", "8/255")
     assert card["n_test_points"] == 20 and card["training"]["epoch"] == 3
     assert card["clean_acc"] == metrics["accuracy"]["clean"]
+    # what made the model and what made the numbers
+    assert card["training"]["stage"] == "distill" and card["training"]["selection"] == "best"
+    assert card["evaluation_code"] == code_version()
+    assert len(card["protocol"]["data_sha256"]) == 64
 
 
 def test_command_takes_a_plain_state_dict_with_arch(files):
