@@ -17,9 +17,13 @@ configfile: "params.yaml"
 
 
 sys.path.insert(0, workflow.basedir)  # the bmtard package beside this file
-from bmtard.config import parse_params
+from bmtard import project_lock
+from bmtard.config import load_params
+from bmtard.errors import BmtardError
+from snakemake.exceptions import WorkflowError
 
-parse_params(config)  # validates every parameter before any job runs
+# validates every parameter (and refuses repeated keys) before any job runs
+load_params(Path(workflow.basedir, "params.yaml"))
 with open(Path(workflow.basedir, "params.yaml")) as f:
     if yaml.safe_load(f) != config:
         raise ValueError(
@@ -43,6 +47,19 @@ def snake_outputs(stage):
     return [
         p if "." in p.rsplit("/", 1)[-1] else directory(p) for p in stage_outputs(stage)
     ]
+
+
+PROJECT_LOCK = []  # the open lock file, kept for the whole run
+for stale in project_lock.clear_stale_snakemake_locks():
+    print(f"removed {stale}: left by a Snakemake run that was killed", file=sys.stderr)
+
+
+onstart:
+    # one engine at a time in this folder (bmtard/project_lock.py); released when Snakemake ends
+    try:
+        PROJECT_LOCK.append(project_lock.hold_for_run("snakemake"))
+    except BmtardError as e:  # before any job; Snakemake releases its own lock
+        raise WorkflowError(f"error: {e}") from None
 
 
 rule all:
