@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from bmtard.config import MonitorConfig
-from bmtard.datasets import Split
 from bmtard.evalrun import Runner, Task, pgd_attack
+from bmtard.splits import Split
 
 
 def percent(mask: Tensor) -> float:

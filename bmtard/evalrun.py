@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from bmtard import faults
 from bmtard.attacks.pgd import pgd_ce
-from bmtard.datasets import Split
 from bmtard.io import digest, write_json
 from bmtard.loader import Batches
+from bmtard.splits import Split
 
 log = logging.getLogger(__name__)
 

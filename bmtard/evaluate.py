@@ -35,12 +35,12 @@ from bmtard.checkpoint import (
     load_model,
 )
 from bmtard.config import EvaluateConfig, load_params, parse_params, to_dict
-from bmtard.datasets import Split, load_manifest, load_split
 from bmtard.errors import BmtardError, ParamsError
 from bmtard.evalrun import Runner, Task
 from bmtard.io import sha256_file, write_atomic, write_json
 from bmtard.protocol import Evaluation, evaluate_model, protocol_attack
 from bmtard.provenance import code_version
+from bmtard.splits import Split, load_manifest, load_split
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bmtard.datasets import Split
+from bmtard.splits import Split
 
 
 def to_tensor(images: Tensor) -> Tensor:

@@ -27,11 +27,11 @@ from bmtard.attacks.cw import cw_inf
 from bmtard.attacks.fgsm import fgsm
 from bmtard.attacks.pgd import pgd_ce
 from bmtard.config import EVAL_ATTACKS, EvaluateConfig
-from bmtard.datasets import Split
 from bmtard.evalrun import Attack, ResumeState, Runner, Task, pgd_attack
 from bmtard.io import digest
 from bmtard.loader import to_tensor
 from bmtard.provenance import loaded_code_sha256
+from bmtard.splits import Split
 
 log = logging.getLogger(__name__)
 

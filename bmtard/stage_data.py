@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bmtard.datasets import Split, load_manifest, load_split
+from bmtard.splits import Split, load_manifest, load_split
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,10 @@ from bmtard.attacks.autoattack import autoattack
 from bmtard.attacks.cw import cw_margin_loss
 from bmtard.attacks.pgd import pgd_ce
 from bmtard.config import DataConfig
-from bmtard.datasets import load_split, prepare
+from bmtard.datasets import prepare
 from bmtard.loader import to_tensor
 from bmtard.protocol import protocol_attack
+from bmtard.splits import load_split
 
 from conftest import require_sample
 

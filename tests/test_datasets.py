@@ -17,16 +17,10 @@ import pytest
 from torchvision import datasets as tvd
 
 from bmtard.config import DataConfig
-from bmtard.datasets import (
-    Split,
-    balanced_indices,
-    load_manifest,
-    load_split,
-    prepare,
-    save_split,
-)
+from bmtard.datasets import balanced_indices, prepare
 from bmtard.errors import DataError
 from bmtard.io import sha256_file, write_json
+from bmtard.splits import Split, load_manifest, load_split, save_split
 
 from conftest import require_sample
 

@@ -12,12 +12,12 @@ import torch
 
 from bmtard.checkpoint import ModelSpec, TrainingRecord, save_model
 from bmtard.config import EvaluateConfig, SanityConfig
-from bmtard.datasets import Split, save_split
 from bmtard.evaluate import main
 from bmtard.io import sha256_file
 from bmtard.models import build_model
 from bmtard.protocol import evaluate_model, per_class
 from bmtard.provenance import code_version
+from bmtard.splits import Split, save_split
 
 from conftest import synthetic, train_linear
 

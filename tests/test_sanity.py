@@ -14,9 +14,9 @@ from torch import nn
 
 from bmtard import sanity
 from bmtard.config import EvaluateConfig, SanityConfig
-from bmtard.datasets import Split
 from bmtard.loader import to_tensor
 from bmtard.protocol import evaluate_model
+from bmtard.splits import Split
 
 from conftest import synthetic, train_linear
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from training_helpers import WIDTH, monitor_cfg, teachers, tiny_data
 
 from bmtard import runtime
 from bmtard.attacks.pgd import pgd_ce
@@ -23,7 +22,6 @@ from bmtard.config import (
     TrainAttackConfig,
     to_dict,
 )
-from bmtard.datasets import Split
 from bmtard.distill import run_distill
 from bmtard.errors import CheckpointError, TrainingError
 from bmtard.io import sha256_file
@@ -32,6 +30,7 @@ from bmtard.methods.standard import Standard
 from bmtard.models import build_model
 from bmtard.provenance import code_version
 from bmtard.selection import Selection
+from bmtard.splits import Split
 from bmtard.stage_data import StageData
 from bmtard.teachers import train_clean_teacher, train_robust_teacher
 from bmtard.tracking import Tracker
@@ -39,6 +38,7 @@ from bmtard.train import Parts, fit, make_optimizer
 from bmtard.training_stage import Outputs, train_and_save
 
 from conftest import TinyNet
+from training_helpers import WIDTH, monitor_cfg, teachers, tiny_data
 
 CPU = torch.device("cpu")
 

@@ -7,8 +7,8 @@ import torch
 
 from bmtard.checkpoint import ModelSpec, TrainingRecord, save_model
 from bmtard.config import MonitorConfig
-from bmtard.datasets import Split
 from bmtard.models import build_model
+from bmtard.splits import Split
 from bmtard.stage_data import StageData
 
 WIDTH = 0.0625
