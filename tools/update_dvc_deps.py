@@ -19,23 +19,43 @@ from ruamel.yaml import YAML  # comes with DVC; keeps comments, anchors and layo
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = re.compile(r"^(bmtard|stages)/.*\.py$")
-PROBE = (
-    "import importlib, os, sys\n"
-    "importlib.import_module(sys.argv[1])\n"
-    "for m in list(sys.modules.values()):\n"
-    "    f = getattr(m, '__file__', None)\n"
-    "    if f and m.__name__.split('.')[0] in ('bmtard', 'stages'):\n"
-    "        print(os.path.relpath(f))\n"
-)
+# One interpreter imports the heavy third-party libraries once, then forks a child per stage
+# module: each child imports only that stage's code and lists the bmtard/stages files it loaded.
+PROBE = """
+import importlib, os, sys
+CODE = ("bmtard", "stages")
+for heavy in ("torch", "torchvision", "numpy", "yaml", "tqdm", "tensorboard"):
+    try:
+        importlib.import_module(heavy)
+    except ImportError:
+        pass
+for module in sys.argv[1:]:
+    read, write = os.pipe()
+    if os.fork() == 0:
+        os.close(read)
+        importlib.import_module(module)
+        ours = [m for m in list(sys.modules.values()) if m.__name__.split(".")[0] in CODE]
+        files = [os.path.relpath(m.__file__) for m in ours if getattr(m, "__file__", None)]
+        os.write(write, " ".join(files).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        print(module + ":" + f.read())
+    if os.wait()[1] != 0:
+        sys.exit(f"importing {module} failed")
+"""
 
 
-def imported_code(module: str) -> list[str]:
-    """The bmtard/stages files that importing ``module`` loads, sorted (stage script first)."""
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, module], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    script = module.replace(".", "/") + ".py"
-    return [script] + sorted(set(out) - {script})
+def imported_code(modules: list[str]) -> dict[str, list[str]]:
+    """For each module, the bmtard/stages files importing it loads, sorted (its script first)."""
+    cmd = [sys.executable, "-c", PROBE, *modules]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    found = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    result = {}
+    for module in modules:
+        script = module.replace(".", "/") + ".py"
+        result[module] = [script] + sorted(set(found[module].split()) - {script})
+    return result
 
 
 def stage_module(cmd: str) -> str:
@@ -50,9 +70,10 @@ def main(argv: list[str]) -> int:
     path = ROOT / "dvc.yaml"
     doc = yaml.load(path.read_text())
     stale = []
+    code = imported_code(sorted({stage_module(s["cmd"]) for s in doc["stages"].values()}))
     for name, stage in doc["stages"].items():
         deps = stage["deps"]
-        want = imported_code(stage_module(stage["cmd"]))
+        want = code[stage_module(stage["cmd"])]
         have = [d for d in deps if CODE.match(str(d))]
         if have == want:
             continue
