@@ -31,9 +31,9 @@ TINY = {
     "distill.optim.epochs": 1,
     "distill.attack.steps": 2,
     "distill.monitor.n_images": 20,
-    "evaluate.n_images": 20,
-    "evaluate.batch_size": 20,
-    "evaluate.teacher_n_images": 20,
+    "evaluate.n_images": 10,
+    "evaluate.batch_size": 10,
+    "evaluate.teacher_n_images": 10,
 }
 
 
@@ -92,6 +92,8 @@ def env() -> dict[str, str]:
     e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
     e["GIT_AUTHOR_NAME"] = e["GIT_COMMITTER_NAME"] = "test"
     e["GIT_AUTHOR_EMAIL"] = e["GIT_COMMITTER_EMAIL"] = "test@example.invalid"
+    # a fixed date: copies of the same tree get the same commit, which checkpoints record
+    e["GIT_AUTHOR_DATE"] = e["GIT_COMMITTER_DATE"] = "2026-01-01T00:00:00+00:00"
     e["DVC_NO_ANALYTICS"] = "1"
     e.pop("PYTHONPATH", None)
     return e

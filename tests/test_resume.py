@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_helpers import WIDTH, monitor_cfg, teachers, tiny_data
 
 from bmtard import faults, runtime
 from bmtard.config import (
@@ -34,6 +33,8 @@ from bmtard.stop import StopRequest
 from bmtard.teachers import train_robust_teacher
 from bmtard.train_state import StateStore
 from bmtard.training_stage import Outputs
+
+from training_helpers import WIDTH, monitor_cfg, teachers, tiny_data
 
 DATA = tiny_data()
 

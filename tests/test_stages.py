@@ -4,13 +4,24 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
+import pytest
+import torch
 import yaml
+
+from bmtard.config import parse_params
+from bmtard.datasets import prepare
+from bmtard.io import write_json
 
 from conftest import ROOT, require_sample
 from pipeline_helpers import TINY
+from training_helpers import teachers
 
 QUICK = yaml.safe_load((ROOT / "presets" / "quick.yaml").read_text())
 
@@ -78,37 +89,151 @@ def test_bad_parameter_stops_a_stage_before_any_work(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
-def test_missing_teacher_checkpoint_is_named(tmp_path):
-    data = {
-        **QUICK["data"],
-        "local_root": str(require_sample()),
-        "train_limit": 20,
-        "test_limit": 20,
-    }
-    params = {**QUICK, "data": data}
-    assert stage(tmp_path, params, "stages.download", "--out", "data").returncode == 0
-    params["robust_teacher"] = {**QUICK["robust_teacher"], "checkpoint": "nowhere/wrn.pt"}
-    proc = stage(
-        tmp_path,
-        params,
-        "stages.train_teacher",
-        "--role",
-        "robust",
-        "--data",
-        "data",
-        "--out",
-        "models/r.pt",
-        "--live",
-        "dvclive/r",
-        "--tb",
-        "runs/r",
-    )
-    assert "nowhere/wrn.pt: checkpoint not found" in one_line_error(proc)
-    assert not (tmp_path / "models" / "r.pt").exists()
-
-
 def test_tiny_test_preset_only_shrinks_the_quick_preset():
     """The end-to-end tests run the quick preset with smaller sizes; the method is unchanged."""
     size_words = ("limit", "width", "epochs", "steps", "n_images", "batch_size", "num_threads")
     for key in TINY:
         assert any(w in key.rsplit(".", 1)[1] for w in size_words), key
+
+
+# --------------------------------------------------------------------------- untrusted files, stops
+
+
+class Marker:
+    """Unpickling this creates ``path``: a stand-in for code run by a malicious checkpoint."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.path,))
+
+
+def tiny_params(**sections) -> dict:
+    """The quick preset on 40 + 20 sample images, 2 short epochs, then ``sections``."""
+    params = yaml.safe_load(yaml.safe_dump(QUICK))
+    data = {"local_root": str(require_sample()), "train_limit": 40, "test_limit": 20}
+    params["data"].update(data)
+    params["run"]["save_every_minutes"] = 0.0
+    for section in ("clean_teacher", "robust_teacher", "distill"):
+        params[section]["optim"].update(epochs=2, batch_size=10)
+        params[section]["monitor"]["n_images"] = 10
+    params["distill"]["width"] = 0.0625
+    params["distill"]["attack"]["steps"] = 1
+    for key, value in sections.items():
+        params[key].update(value)
+    return params
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A folder with the tiny data (made by the download stage's code) and two tiny teachers."""
+    folder = tmp_path_factory.mktemp("stages")
+    data = parse_params(tiny_params()).data
+    write_json(folder / "data" / "manifest.json", prepare(data, folder / "data"))
+    (folder / "models").mkdir()
+    clean, robust = teachers(folder / "models")
+    clean.rename(folder / "models" / "clean_teacher.pt")
+    robust.rename(folder / "models" / "robust_teacher.pt")
+    return folder
+
+
+def copy_of(prepared, tmp_path):
+    shutil.copytree(prepared, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+DISTILL = (
+    "stages.distill", "--data", "data", "--clean-teacher", "models/clean_teacher.pt",
+    "--robust-teacher", "models/robust_teacher.pt", "--out", "models/student.pt",
+    "--live", "dvclive/distill", "--tb", "runs/distill",
+)  # fmt: skip
+
+
+def test_malicious_teacher_checkpoint_is_refused_and_never_runs(prepared, tmp_path):
+    """As the robust_teacher.checkpoint parameter, as the distill stage's input, and given to
+    the any-checkpoint command: refused with one line, and the marker file never appears."""
+    repo = copy_of(prepared, tmp_path)
+    marker = repo / "pwned"
+    torch.save({"state_dict": Marker(marker)}, repo / "evil.pt")
+    params = tiny_params(robust_teacher={"checkpoint": "evil.pt"})
+    proc = stage(
+        repo, params, "stages.train_teacher", "--role", "robust", "--data", "data",
+        "--out", "models/new_robust.pt", "--live", "dvclive/r2", "--tb", "runs/r2",
+    )  # fmt: skip
+    line = one_line_error(proc)
+    assert line.startswith("error: evil.pt: refused or unreadable as a weights-only checkpoint (")
+    assert not (repo / "models" / "new_robust.pt").exists()
+    shutil.copy(repo / "evil.pt", repo / "models" / "robust_teacher.pt")
+    proc = stage(repo, tiny_params(), *DISTILL)
+    assert "models/robust_teacher.pt: refused or unreadable" in one_line_error(proc)
+    assert not (repo / "models" / "student.pt").exists()
+    assert not (repo / "dvclive" / "distill").exists()  # nothing touched before the checks
+    proc = subprocess.run(
+        [sys.executable, "-m", "bmtard.evaluate", "--checkpoint", "evil.pt", "--data",
+         "data/test.npz", "--out", "eval", "--device", "cpu"],
+        cwd=repo, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert "evil.pt: refused or unreadable" in one_line_error(proc)
+    assert not marker.exists()
+    assert not (repo / "eval").exists()
+
+
+def test_missing_teacher_checkpoint_is_named(prepared, tmp_path):
+    repo = copy_of(prepared, tmp_path)
+    params = tiny_params(robust_teacher={"checkpoint": "nowhere/wrn.pt"})
+    proc = stage(
+        repo, params, "stages.train_teacher", "--role", "robust", "--data", "data",
+        "--out", "models/r.pt", "--live", "dvclive/r", "--tb", "runs/r",
+    )  # fmt: skip
+    assert "nowhere/wrn.pt: checkpoint not found" in one_line_error(proc)
+    assert not (repo / "models" / "r.pt").exists()
+
+
+def test_resume_dir_that_cannot_be_created_is_one_line(prepared, tmp_path):
+    repo = copy_of(prepared, tmp_path)
+    (repo / "a_file").write_text("x")
+    shutil.copy(repo / "models" / "clean_teacher.pt", repo / "models" / "student.pt")
+    params = tiny_params(evaluate={"resume_dir": "a_file/state"})
+    proc = stage(
+        repo, params, "stages.evaluate", "--data", "data", "--student", "models/student.pt",
+        "--clean-teacher", "models/clean_teacher.pt", "--robust-teacher",
+        "models/robust_teacher.pt", "--metrics", "metrics/e.json", "--card", "models/s.card.json",
+        "--plots", "metrics",
+    )  # fmt: skip
+    line = one_line_error(proc)
+    assert line.startswith(
+        "error: evaluate.resume_dir = 'a_file/state': cannot be created or written"
+    )
+    assert not (repo / "metrics").exists()
+
+
+def test_sigterm_saves_the_state_and_the_rerun_finishes_identically(prepared, tmp_path):
+    """What SLURM does at a time limit: SIGTERM, then (later) SIGKILL. The stage saves, says so
+    in one line and exits with 143; the same command then finishes it, to the same bytes."""
+    ref = copy_of(prepared, tmp_path / "ref")
+    assert stage(ref, tiny_params(), *DISTILL).returncode == 0
+    repo = copy_of(prepared, tmp_path / "run")
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *DISTILL, "--params", "params.yaml"],
+        cwd=repo, env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(repo.glob(".cache/train/distill/*.pt")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first saved state: training is under way
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    stopped = [ln for ln in err.splitlines() if ln.startswith("stopped: ")]
+    assert len(stopped) == 1 and "stopped by SIGTERM" in stopped[0], err[-2000:]
+    assert "run the same command again to continue" in stopped[0]
+    assert "Traceback" not in err
+    assert list(repo.glob(".cache/train/distill/*.pt"))
+    proc = stage(repo, tiny_params(), *DISTILL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resuming from" in proc.stderr
+    assert (repo / "models" / "student.pt").read_bytes() == (
+        ref / "models" / "student.pt"
+    ).read_bytes()
