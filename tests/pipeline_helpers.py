@@ -29,6 +29,8 @@ TINY = {
     "robust_teacher.monitor.n_images": 20,
     "distill.width": 0.0625,
     "distill.optim.epochs": 1,
+    "distill.optim.batch_size": 32,  # 4 steps: a 1-step student predicts one class for every
+    # image, and AutoAttack then spends its whole budget (minutes) on the images of that class
     "distill.attack.steps": 2,
     "distill.monitor.n_images": 20,
     "evaluate.n_images": 10,

@@ -141,23 +141,6 @@ def test_snakemake_resumes_after_kills_to_identical_results(snake_resumed, refer
     assert leftovers(snake_resumed) == []
 
 
-def test_failed_rerun_keeps_earlier_outputs_and_the_last_good_model(snake_resumed):
-    """Snakemake deletes a job's outputs before running it; when the rerun then fails, the last
-    good model is still in .cache/train/last-good, and no other stage's output is touched."""
-    repo = snake_resumed
-    before = {m: (repo / m).read_bytes() for m in MODELS}
-    params = read_params(repo)
-    set_key(params, "distill.optim.lr", 0.05)
-    write_params(repo, params)
-    proc = engine(repo, SNAKEMAKE, "distill/batch:3")  # the rerun dies
-    assert killed(proc)
-    assert not (repo / "models" / "student.pt").exists()  # Snakemake deleted it first
-    kept = repo / ".cache" / "train" / "last-good" / "models" / "student.pt"
-    assert kept.read_bytes() == before["models/student.pt"]
-    for m in MODELS[:2]:
-        assert (repo / m).read_bytes() == before[m]
-
-
 def test_one_engine_at_a_time(snake_resumed):
     """While a Snakemake run holds the project, `dvc repro` (which would rerun everything here:
     this folder has no dvc.lock) stops at its first stage with one line and changes nothing;
@@ -193,7 +176,7 @@ def test_one_engine_at_a_time(snake_resumed):
     try:
         assert holder.stdout.readline().strip() == "held"
         # some work to do (else Snakemake stops before its onstart hook)
-        proc = engine(repo, [*SNAKEMAKE, "--rerun-incomplete", "--forcerun", "evaluate"])
+        proc = engine(repo, [*SNAKEMAKE, "--forcerun", "evaluate"])
         assert proc.returncode != 0
         assert f"this project is in use by stage distill (pid {holder.pid})" in proc.stderr
         assert not list((repo / ".snakemake" / "locks").glob("*"))
@@ -204,3 +187,20 @@ def test_one_engine_at_a_time(snake_resumed):
     proc = engine(repo, [SNAKEMAKE[0], "download", *SNAKEMAKE[1:]])  # the lock died with its holder
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_failed_rerun_keeps_earlier_outputs_and_the_last_good_model(snake_resumed):
+    """Snakemake deletes a job's outputs before running it; when the rerun then fails, the last
+    good model is still in .cache/train/last-good, and no other stage's output is touched."""
+    repo = snake_resumed
+    before = {m: (repo / m).read_bytes() for m in MODELS}
+    params = read_params(repo)
+    set_key(params, "distill.optim.lr", 0.05)
+    write_params(repo, params)
+    proc = engine(repo, SNAKEMAKE, "distill/batch:3")  # the rerun dies
+    assert killed(proc)
+    assert not (repo / "models" / "student.pt").exists()  # Snakemake deleted it first
+    kept = repo / ".cache" / "train" / "last-good" / "models" / "student.pt"
+    assert kept.read_bytes() == before["models/student.pt"]
+    for m in MODELS[:2]:
+        assert (repo / m).read_bytes() == before[m]
