@@ -53,6 +53,7 @@ class TrainingRecord:
     params: dict[str, Any] = field(default_factory=dict)  # the stage's parameter section
     data: dict[str, Any] = field(default_factory=dict)  # the data manifest's splits (SHA-256s)
     teachers: dict[str, Any] = field(default_factory=dict)  # role -> {"arch", "sha256"}
+    run: dict[str, Any] = field(default_factory=dict)  # seed, device, precision, ... it ran with
     code: dict[str, Any] = field(default_factory=dict)  # bmtard.provenance.code_version()
 
     @classmethod
@@ -86,7 +87,7 @@ def save_model(
         "arch": spec.arch,
         "width": float(spec.width),
         "num_classes": int(spec.num_classes),
-        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in state.items()},
         "record": json.loads(json.dumps(dataclasses.asdict(record))),
     }
     write_atomic(path, lambda tmp: save_torch(payload, tmp))

@@ -72,6 +72,12 @@ class RunConfig:
     # where training state is kept so that a killed stage resumes (outside DVC's and Snakemake's
     # outputs; null = never saved)
     state_dir: str | None = ".cache/train"
+    # how the training stages compute (evaluation is always fp32, NCHW, eager):
+    # fp32 is the official code's numerics; bf16 autocasts the student's forwards and backward
+    # (PGD included) and holds the teachers in bf16, with the losses in fp32
+    precision: str = _spec("fp32", choices=("fp32", "bf16"))
+    channels_last: bool = False  # channels_last memory layout for every model
+    compile: bool = False  # torch.compile every model's forward (helps on GPUs, rarely on CPUs)
 
     def __post_init__(self) -> None:
         d = self.device

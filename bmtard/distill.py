@@ -12,6 +12,7 @@ from bmtard.balance import Balance
 from bmtard.checkpoint import CheckpointInfo, ModelSpec, TrainingRecord, load_model
 from bmtard.config import DistillConfig, RunConfig, to_dict
 from bmtard.errors import CheckpointError
+from bmtard.execution import Execution
 from bmtard.methods.b_mtard import BMTARD
 from bmtard.provenance import code_version
 from bmtard.selection import Selection
@@ -47,11 +48,13 @@ def run_distill(
     stop: StopRequest | None = None,
 ) -> Selection:
     """Distil a ``cfg.arch`` student with B-MTARD; save the selected epoch to ``outputs.model``."""
+    ex = Execution.from_config(run, device)
     t_nat, nat_info = load_teacher(clean_teacher, data.num_classes, device)
     t_adv, adv_info = load_teacher(robust_teacher, data.num_classes, device)
     spec = ModelSpec(cfg.arch, cfg.width, data.num_classes)
     student = spec.build().to(device)
-    method = BMTARD(t_adv, t_nat, cfg.attack, Balance.from_config(cfg.balance), cfg.kl_reduction)
+    balance = Balance.from_config(cfg.balance, device)
+    method = BMTARD(ex.teacher(t_adv), ex.teacher(t_nat), cfg.attack, balance, cfg.kl_reduction, ex)
     record = TrainingRecord(
         stage="distill",
         method="b_mtard",
@@ -76,5 +79,6 @@ def run_distill(
         device=device,
         outputs=outputs,
         record=record,
+        execution=ex,
         stop=stop,
     )

@@ -9,6 +9,7 @@ import torch
 
 from bmtard.config import RunConfig
 from bmtard.errors import ParamsError
+from bmtard.execution import threads_given
 
 
 def resolve_device(name: str) -> torch.device:
@@ -26,9 +27,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def setup(run: RunConfig) -> torch.device:
-    """Seed every RNG, set determinism and threads as ``run`` says; return the device."""
-    if run.num_threads:
-        torch.set_num_threads(run.num_threads)
+    """Seed every RNG, set determinism, and use the CPU threads this process was given
+    (``bmtard.execution.threads_given``: never every core of a shared node); return the device."""
+    torch.set_num_threads(threads_given(run))
     random.seed(run.seed)
     np.random.seed(run.seed)
     torch.manual_seed(run.seed)  # also seeds every CUDA device

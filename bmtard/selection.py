@@ -38,7 +38,10 @@ class Selection:
             self.best_epoch = epoch
             self.best_metrics = dict(metrics)
             if model is not None:
-                self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                self.weights = {
+                    k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                    for k, v in model.state_dict().items()
+                }
         return chosen
 
     def state_dict(self) -> dict[str, Any]:

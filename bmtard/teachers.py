@@ -9,6 +9,7 @@ import torch
 from bmtard.accuracy import monitor as run_monitor
 from bmtard.checkpoint import ModelSpec, TrainingRecord, import_state_dict
 from bmtard.config import CleanTeacherConfig, RobustTeacherConfig, RunConfig, to_dict
+from bmtard.execution import Execution
 from bmtard.io import sha256_file
 from bmtard.methods.adversarial import PGDAT, TRADES
 from bmtard.methods.standard import Standard
@@ -16,7 +17,6 @@ from bmtard.provenance import code_version
 from bmtard.stage_data import StageData
 from bmtard.stop import StopRequest
 from bmtard.tracking import Tracker
-from bmtard.train import Method
 from bmtard.training_stage import Outputs, finish, train_and_save, write_model
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def _use_checkpoint(
 def _teacher(
     section: str,
     method_name: str,
-    method: Method,
+    method: Standard | TRADES | PGDAT,
     run: RunConfig,
     cfg: TeacherConfig,
     data: StageData,
@@ -89,6 +89,7 @@ def _teacher(
             data=data.splits,
             code=code_version(),
         ),
+        execution=method.execution,
         stop=stop,
     )
 
@@ -102,7 +103,8 @@ def train_clean_teacher(
     stop: StopRequest | None = None,
 ) -> None:
     """Standard training of the clean teacher (or import of ``cfg.checkpoint``)."""
-    _teacher("clean_teacher", "standard", Standard(), run, cfg, data, device, outputs, stop)
+    method = Standard(Execution.from_config(run, device))
+    _teacher("clean_teacher", "standard", method, run, cfg, data, device, outputs, stop)
 
 
 def train_robust_teacher(
@@ -114,5 +116,8 @@ def train_robust_teacher(
     stop: StopRequest | None = None,
 ) -> None:
     """TRADES or PGD-AT training of the robust teacher (or import of ``cfg.checkpoint``)."""
-    method = TRADES(cfg.attack, cfg.trades_beta) if cfg.method == "trades" else PGDAT(cfg.attack)
+    ex = Execution.from_config(run, device)
+    method = (
+        TRADES(cfg.attack, cfg.trades_beta, ex) if cfg.method == "trades" else PGDAT(cfg.attack, ex)
+    )
     _teacher("robust_teacher", cfg.method, method, run, cfg, data, device, outputs, stop)

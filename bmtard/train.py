@@ -2,16 +2,20 @@
 
 The loop knows nothing about how a batch becomes a loss (that is the method's job, see
 ``bmtard.methods``), where batches come from (``bmtard.loader``) or where the state goes
-(``bmtard.train_state``): after each step it calls ``save(progress, force)`` (the caller saves
-when its clock says so, or always when ``force``), after each epoch ``on_epoch(epoch, metrics)``.
-It can start in the middle of a run (``start``), and it stops with one clear line on a
-non-finite loss, on running out of memory, or when a stop was requested (SIGTERM).
+(``bmtard.train_state``): it asks its ``Saver`` after each step whether a save is due, and saves
+at every epoch's end; after each epoch it calls ``on_epoch(epoch, metrics)``. It can start in the
+middle of a run (``start``), and it stops with one clear line on a non-finite loss, on running
+out of memory, or when a stop was requested (SIGTERM).
+
+A step never waits for the device: the methods' logs are device tensors, summed on the device
+(float64, the same arithmetic as Python floats) and read once per epoch; non-finite values are
+remembered on the device (``FiniteGuard``) and read every ``CHECK_EVERY`` steps and before every
+save, so no saved state is ever past a non-finite step.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,10 +34,14 @@ from bmtard.train_state import Progress
 log = logging.getLogger(__name__)
 
 
+#: steps between two reads of the finiteness guard (each read waits for the device once)
+CHECK_EVERY = 50
+
+
 class Method(Protocol):
     def batch_loss(
         self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float
-    ) -> tuple[Tensor, dict[str, float]]: ...
+    ) -> tuple[Tensor, dict[str, Tensor]]: ...
 
     def status(self) -> dict[str, float]: ...
 
@@ -52,6 +60,69 @@ class EpochBatches(Protocol):
 
 class Stopped(Exception):
     """Raised inside the monitor when a stop was requested; the loop saves and stops."""
+
+
+class Saver(Protocol):
+    def due(self) -> bool: ...  # a save inside the epoch is due (e.g. its clock ran out)
+
+    def save(self, progress: Progress) -> str: ...  # save; describe what was saved ("" = none)
+
+
+class NoSaver:
+    """Saves nothing (for callers without a training state)."""
+
+    def due(self) -> bool:
+        return False
+
+    def save(self, progress: Progress) -> str:
+        return ""
+
+
+class FiniteGuard:
+    """The first step whose loss or logged value is not finite, remembered on the device:
+    recording costs no host-device synchronisation; ``check`` reads it (one sync) and stops with
+    one line naming the step, the value and the parameter to lower."""
+
+    def __init__(self, section: str) -> None:
+        self.section = section
+        self.steps: list[tuple[int, int, float]] = []  # (epoch, batch, lr) since the last check
+        self.names: list[str] = []
+        self.first: Tensor | None = None  # index into steps of the first bad one, or -1
+        self.count: Tensor | None = None
+        self.flags: Tensor | None = None
+        self.values: Tensor | None = None
+
+    def record(self, epoch: int, batch: int, lr: float, loss: Tensor, logs: dict[str, Tensor]):
+        values = torch.stack([loss.detach().float(), *(v.detach().float() for v in logs.values())])
+        bad = ~torch.isfinite(values)
+        if self.first is None:
+            self.names = ["loss", *logs]
+            self.first = torch.full((), -1, dtype=torch.int64, device=values.device)
+            self.count = torch.zeros((), dtype=torch.int64, device=values.device)
+            self.flags, self.values = bad, values
+        new = bad.any() & (self.first < 0)
+        self.first = torch.where(new, self.count, self.first)
+        self.flags = torch.where(new, bad, self.flags)
+        self.values = torch.where(new, values, self.values)
+        self.count += 1
+        self.steps.append((epoch, batch, lr))
+
+    def check(self, saved: str) -> None:
+        """Raise a TrainingError if a recorded step was not finite; else forget the steps."""
+        if self.first is None or not self.steps:
+            return
+        first = int(self.first)
+        if first >= 0:
+            epoch, batch, lr = self.steps[first]
+            flags = self.flags.tolist()
+            i = next((j for j in range(1, len(flags)) if flags[j]), 0)  # a named log first
+            kept = f"; {saved} is kept" if saved else ""
+            raise TrainingError(
+                f"{self.section}: epoch {epoch}, batch {batch}: non-finite {self.names[i]} "
+                f"({float(self.values[i])}){kept}; lower {self.section}.optim.lr (now {lr:g})"
+            )
+        self.steps.clear()
+        self.count.zero_()
 
 
 @dataclass
@@ -79,7 +150,7 @@ def fit(
     monitor: Callable[[int], dict[str, float] | None],
     on_epoch: Callable[[int, dict[str, float]], None],
     start: Progress | None = None,
-    save: Callable[[Progress, bool], str] = lambda progress, force: "",
+    saver: Saver | None = None,
     stop: Any = False,
 ) -> None:
     """Train ``parts.model`` from ``start`` (default: the beginning) to ``cfg.epochs``.
@@ -87,21 +158,29 @@ def fit(
     Each epoch: lr = cfg.lr * decay_factor(epoch); one ``method.batch_loss`` + SGD step per
     batch; then the epoch's metrics (batch-size-weighted means of the method's logs, the
     method's status, the lr, and whatever ``monitor(epoch)`` returns) go to ``on_epoch``.
-    ``save(progress, force)`` returns a short description of the last saved state (for
-    messages). ``stop`` is truthy once a stop was requested. ``section`` names the parameter
-    section in messages (e.g. ``distill``).
+    ``stop`` is truthy once a stop was requested. ``section`` names the parameter section in
+    messages (e.g. ``distill``).
     """
     model, method, batches, opt = parts.model, parts.method, parts.batches, parts.optimizer
+    saver = saver or NoSaver()
+    guard = FiniteGuard(section)
     progress = start or Progress()
     saved = ""
+
+    def save(progress: Progress) -> None:
+        nonlocal saved
+        guard.check(saved)  # never save past a non-finite step
+        saved = saver.save(progress) or saved
+
     epochs = tqdm(
         range(progress.epoch + 1, cfg.epochs + 1),
         desc=section, unit="epoch", initial=progress.epoch, total=cfg.epochs, disable=None,
     )  # fmt: skip
     for epoch in epochs:
         factor = decay_factor(epoch, cfg.milestones, cfg.gamma)
+        lr = cfg.lr * factor
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * factor
+            group["lr"] = lr
         if progress.batch == 0:  # a fresh epoch (else the loader was restored mid-epoch)
             batches.set_epoch(epoch)
             progress = Progress(epoch - 1)
@@ -113,29 +192,33 @@ def fit(
             where = f"{section}: epoch {epoch}, batch {progress.batch + 1}"
             with _out_of_memory(where, f"{section}.optim.batch_size", cfg.batch_size):
                 loss, logs = method.batch_loss(model, x, y, factor)
-                _check_finite(loss, logs, where, section, cfg.lr * factor, saved)
+                guard.record(epoch, progress.batch + 1, lr, loss, logs)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
             n = len(y)
             progress.batch += 1
             progress.count += n
-            for k, v in logs.items():
-                progress.sums[k] = progress.sums.get(k, 0.0) + v * n
+            for k, v in logs.items():  # on the device, in float64 as Python floats would be
+                progress.sums[k] = progress.sums.get(k, 0.0) + v.double() * n
             faults.hit("batch")
-            saved = save(progress, bool(stop)) or saved
+            if stop or saver.due():
+                save(progress)
+            elif progress.batch % CHECK_EVERY == 0:
+                guard.check(saved)
             if stop:
                 raise _interrupted(stop, where, saved)
-        metrics = {k: v / progress.count for k, v in progress.sums.items()}
+        guard.check(saved)  # before the monitor judges this epoch's model
+        metrics = {k: float(v) / progress.count for k, v in progress.sums.items()}
         metrics.update(method.status())
-        metrics["lr"] = cfg.lr * factor
+        metrics["lr"] = lr
         try:
             with _out_of_memory(
                 f"{section}: epoch {epoch}, monitor", f"{section}.monitor.batch_size", None
             ):
                 checked = monitor(epoch)
         except Stopped:
-            saved = save(progress, True) or saved
+            save(progress)
             raise _interrupted(stop, f"{section}: epoch {epoch}, monitor", saved) from None
         if checked:
             metrics.update(checked)
@@ -143,7 +226,7 @@ def fit(
         log.info("%s epoch %d/%d: %s", section, epoch, cfg.epochs, _fmt(metrics))
         on_epoch(epoch, metrics)
         progress = Progress(epoch)
-        saved = save(progress, True) or saved
+        save(progress)
         if stop:
             raise _interrupted(stop, f"{section}: end of epoch {epoch}", saved)
 
@@ -153,20 +236,6 @@ _SHOWN = ("loss", "clean_acc", "pgd_acc", "tau_nat", "w_adv")
 
 def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-
-
-def _check_finite(
-    loss: Tensor, logs: dict[str, float], where: str, section: str, lr: float, saved: str
-) -> None:
-    """One line naming the non-finite value and the parameter to lower; the step is not taken."""
-    if bool(torch.isfinite(loss)):
-        return
-    bad = [k for k, v in logs.items() if not math.isfinite(v)] or ["loss"]
-    value = logs.get(bad[0], float(loss.detach()))
-    kept = f"; {saved} is kept" if saved else ""
-    raise TrainingError(
-        f"{where}: non-finite {bad[0]} ({value}){kept}; lower {section}.optim.lr (now {lr:g})"
-    )
 
 
 @contextmanager

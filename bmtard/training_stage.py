@@ -23,6 +23,7 @@ from bmtard.accuracy import monitor as run_monitor
 from bmtard.checkpoint import ModelSpec, TrainingRecord, save_model
 from bmtard.config import MonitorConfig, OptimConfig, RunConfig, to_dict
 from bmtard.errors import BmtardError
+from bmtard.execution import Execution
 from bmtard.io import digest
 from bmtard.loader import Batches
 from bmtard.outputs import check_free_space, keep_last_good
@@ -50,14 +51,18 @@ class Outputs:
     tb: Path
 
 
-def state_key(section: str, out: Path, run: RunConfig, record: TrainingRecord) -> str:
+def run_record(run: RunConfig) -> dict:
+    """The run settings that shape the result (all but how the state is saved)."""
+    return {k: v for k, v in to_dict(run).items() if k not in NOT_IN_KEY}
+
+
+def state_key(section: str, out: Path, record: TrainingRecord) -> str:
     """Digest of what makes a run this run: stage, output, parameters, inputs and code."""
-    run_params = {k: v for k, v in to_dict(run).items() if k not in NOT_IN_KEY}
     return digest(
         [
             section,
             str(out),
-            run_params,
+            record.run,
             record.params,
             record.method,
             record.data,
@@ -81,15 +86,19 @@ def train_and_save(
     device: torch.device,
     outputs: Outputs,
     record: TrainingRecord,
+    execution: Execution | None = None,
     stop: StopRequest | None = None,
 ) -> Selection:
     """Train (or continue training) ``model``; write the selected epoch's model and the curves.
 
     ``record`` describes the run (stage, method, params, data, teachers, code); the epoch,
-    selection rule and selected metrics are added when the model is saved.
+    selection rule and selected metrics are added when the model is saved. ``execution`` lays
+    out and compiles the model (the method computes with it too).
     """
+    (execution or Execution()).student(model)
     stop = StopRequest() if stop is None else stop  # (an unset request is falsy)
-    store = StateStore(run.state_dir, section, state_key(section, outputs.model, run, record))
+    record = dataclasses.replace(record, run=run_record(run))
+    store = StateStore(run.state_dir, section, state_key(section, outputs.model, record))
     model_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     check_free_space(section, model_bytes, outputs.model, store.stage_dir)
     for other in store.others():
@@ -125,7 +134,7 @@ def train_and_save(
         )  # fmt: skip
         fit(
             parts, optim, section=section, monitor=check, on_epoch=on_epoch, start=start,
-            save=saver.save, stop=stop,
+            saver=saver, stop=stop,
         )  # fmt: skip
         tracker.summary(
             {
@@ -199,7 +208,8 @@ def _resume(
 
 
 class _Saver:
-    """Saves the training state at epoch ends (forced) and every ``minutes`` within epochs."""
+    """Saves the training state when the loop asks (at epoch ends), and says a save is due
+    every ``minutes`` within an epoch."""
 
     def __init__(
         self,
@@ -213,10 +223,11 @@ class _Saver:
         self.every_s = minutes * 60
         self.last = time.monotonic()
 
-    def save(self, progress: Progress, force: bool) -> str:
+    def due(self) -> bool:
+        return self.store.path is not None and time.monotonic() - self.last >= self.every_s
+
+    def save(self, progress: Progress) -> str:
         if self.store.path is None:
-            return ""
-        if not force and time.monotonic() - self.last < self.every_s:
             return ""
         p = self.parts
         state = TrainingState(

@@ -369,6 +369,9 @@ def test_new_run_keys_have_their_documented_defaults():
             "num_threads",
             "save_every_minutes",
             "state_dir",
+            "precision",
+            "channels_last",
+            "compile",
         ]
 
 
@@ -421,3 +424,13 @@ def test_null_is_allowed_only_where_documented():
     assert parse_params(with_value("data.train_limit", None)).data.train_limit is None
     with pytest.raises(ParamsError, match="distill.optim.lr = None: expected a number"):
         parse_params(with_value("distill.optim.lr", None))
+
+
+def test_speed_keys_default_to_the_faithful_path_and_are_validated():
+    run = load_params(ROOT / "params.yaml").run
+    assert (run.precision, run.channels_last, run.compile) == ("fp32", False, False)
+    assert parse_params(with_value("run.precision", "bf16")).run.precision == "bf16"
+    with pytest.raises(ParamsError, match=r"^run\.precision = 'fp16': allowed are fp32, bf16$"):
+        parse_params(with_value("run.precision", "fp16"))
+    with pytest.raises(ParamsError, match=r"^run\.compile = 'yes': expected true/false$"):
+        parse_params(with_value("run.compile", "yes"))

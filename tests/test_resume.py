@@ -283,7 +283,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_state(tmp_path, 
         loss, logs = real(self, model, x, y, rate_factor)
         calls["n"] += 1
         if calls["n"] == 6:  # epoch 2, batch 2
-            logs = {**logs, "loss_adv": float("nan")}
+            logs = {**logs, "loss_adv": torch.tensor(float("nan"))}
             loss = loss * float("nan")
         return loss, logs
 
@@ -403,9 +403,9 @@ def test_state_holds_everything_named_in_one_structure(tmp_path, monkeypatch):
     assert set(raw["progress"]["sums"]) == {"loss", "loss_adv", "loss_nat"}
     assert all("momentum_buffer" in s for s in raw["optimizer"]["state"].values())
     assert set(raw["method"]) >= {"tau_adv", "tau_nat", "w_adv", "w_nat", "l0_adv", "l0_nat"}
-    assert raw["method"]["l0_adv"] is not None
-    assert raw["loader"]["epoch"] == 2 and raw["loader"]["position"] == 1
-    assert isinstance(raw["loader"]["generator"], torch.Tensor)
+    assert torch.isfinite(raw["method"]["l0_adv"])  # the reference losses are set
+    # the loader's draws are made again from (seed, epoch): its position is all it needs
+    assert raw["loader"] == {"epoch": 2, "position": 1}
     assert set(raw["rng"]) == {"torch_cpu", "torch_cuda", "numpy", "python"}
     assert raw["selection"]["best_epoch"] == 1 and raw["selection"]["weights"] is not None
     assert [h["step"] for h in raw["history"]] == [1]

@@ -121,7 +121,7 @@ class Scripted:
         loss = -model.weight.sum()
         if len(self.factors) == self.nan_at_call:
             loss = loss * self.bad
-        return loss, {"a": float(x[0, 0]), "loss": loss.item()}
+        return loss, {"a": x[0, 0].detach(), "loss": loss.detach()}
 
     def status(self):
         return {"calls": float(len(self.factors))}
@@ -174,6 +174,8 @@ def test_fit_lr_schedule_metrics_and_on_epoch():
     ("call", "bad", "word"), [(1, float("nan"), "nan"), (4, float("inf"), "inf")]
 )
 def test_fit_stops_on_a_non_finite_loss(call, bad, word):
+    """The step does not wait for the device: the bad value is remembered there and read at the
+    epoch's end (or every CHECK_EVERY steps, or before a save); no later epoch is judged."""
     model, method = _linear(), Scripted(nan_at_call=call, bad=bad)
     cfg = OptimConfig(epochs=3, lr=0.1, momentum=0.0, weight_decay=0.0, milestones=[])
     seen = []
@@ -186,8 +188,30 @@ def test_fit_stops_on_a_non_finite_loss(call, bad, word):
     with pytest.raises(TrainingError, match=want):
         fit(Parts(model, method, ListBatches(), make_optimizer(model, cfg)), cfg, section="mine",
             monitor=lambda e: None, on_epoch=lambda e, m: seen.append(e))  # fmt: skip
-    assert seen == list(range(1, epoch))
-    assert model.weight.item() == pytest.approx(0.1 * (call - 1))  # no step on the bad batch
+    assert seen == list(range(1, epoch))  # stopped before that epoch was monitored or logged
+    assert len(method.factors) == 2 * epoch  # the rest of that epoch ran, nothing after it
+
+
+def test_fit_reads_the_guard_before_every_save():
+    """A save due right after a bad step is refused: the saved state is never past it."""
+
+    class EverySave:
+        def __init__(self):
+            self.saved = []
+
+        def due(self):
+            return True
+
+        def save(self, progress):
+            self.saved.append((progress.epoch, progress.batch))
+            return f"the state at {progress.batch}"
+
+    model, method, saver = _linear(), Scripted(nan_at_call=3), EverySave()
+    cfg = OptimConfig(epochs=3, lr=0.1, momentum=0.0, weight_decay=0.0, milestones=[])
+    with pytest.raises(TrainingError, match=r"epoch 2, batch 1: .* the state at 0 is kept"):
+        fit(Parts(model, method, ListBatches(), make_optimizer(model, cfg)), cfg, section="s",
+            monitor=lambda e: None, on_epoch=lambda e, m: None, saver=saver)  # fmt: skip
+    assert saver.saved == [(0, 1), (0, 2), (1, 0)]  # batch 1 and 2 of epoch 1, its end
 
 
 # --------------------------------------------------------------------------- Selection
@@ -323,8 +347,10 @@ def test_train_and_save_seed_drives_shuffle_and_augmentation(tmp_path, data):
     assert not torch.equal(a["linear.weight"], c["linear.weight"])
     _, info = load_model(tmp_path / "s0.pt")
     assert info.record == TrainingRecord(
-        stage="t", method="m", epoch=1, selection="last", selected_metrics=sels[0].best_metrics
-    )
+        stage="t", method="m", epoch=1, selection="last", selected_metrics=sels[0].best_metrics,
+        run={k: v for k, v in to_dict(RunConfig(seed=0)).items()
+             if k not in ("save_every_minutes", "state_dir")},
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- imported teacher

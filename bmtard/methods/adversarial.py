@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from bmtard.attacks.pgd import pgd, pgd_ce
 from bmtard.config import TrainAttackConfig
+from bmtard.execution import Execution, logits32
 
 
 @dataclass
@@ -17,20 +18,23 @@ class PGDAT:
     """Cross-entropy on PGD-CE examples crafted with the model in eval mode (BN frozen)."""
 
     attack: TrainAttackConfig
+    execution: Execution = field(default_factory=Execution)
 
     def batch_loss(
         self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
-    ) -> tuple[Tensor, dict[str, float]]:
-        a = self.attack
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        a, ex = self.attack, self.execution
         model.eval()
-        x_adv = pgd_ce(
-            model, x, y, eps=a.eps / 255, step_size=a.step_size / 255, steps=a.steps, init=a.init
-        )
-        model.train()
-        logits = model(x_adv)
+        with ex.autocast():
+            x_adv = pgd_ce(
+                model, ex.layout(x), y, eps=a.eps / 255, step_size=a.step_size / 255,
+                steps=a.steps, init=a.init,
+            )  # fmt: skip
+            model.train()
+            logits = logits32(model(x_adv))
         loss = F.cross_entropy(logits, y)
         acc = 100 * (logits.argmax(1) == y).float().mean()  # %
-        return loss, {"loss": loss.item(), "train_adv_acc": acc.item()}
+        return loss, {"loss": loss.detach(), "train_adv_acc": acc}
 
     def status(self) -> dict[str, float]:
         return {}
@@ -53,30 +57,28 @@ class TRADES:
 
     attack: TrainAttackConfig
     beta: float
+    execution: Execution = field(default_factory=Execution)
 
     def batch_loss(
         self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
-    ) -> tuple[Tensor, dict[str, float]]:
-        a = self.attack
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        a, ex = self.attack, self.execution
+        x = ex.layout(x)
         model.eval()
-        with torch.no_grad():
-            p_clean = F.softmax(model(x), dim=1)
+        with ex.autocast():
+            with torch.no_grad():
+                p_clean = F.softmax(logits32(model(x)), dim=1)
 
-        def kl_sum(logits: Tensor) -> Tensor:
-            return F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="sum")
+            def kl_sum(logits: Tensor) -> Tensor:  # fp32, whatever the autocast
+                return F.kl_div(F.log_softmax(logits32(logits), dim=1), p_clean, reduction="sum")
 
-        x_adv = pgd(
-            model,
-            x,
-            kl_sum,
-            eps=a.eps / 255,
-            step_size=a.step_size / 255,
-            steps=a.steps,
-            init=a.init,
-        )
-        model.train()
-        logits = model(x)
-        logits_adv = model(x_adv)
+            x_adv = pgd(
+                model, x, kl_sum, eps=a.eps / 255, step_size=a.step_size / 255, steps=a.steps,
+                init=a.init,
+            )  # fmt: skip
+            model.train()
+            logits = logits32(model(x))
+            logits_adv = logits32(model(x_adv))
         natural = F.cross_entropy(logits, y)
         robust = (
             F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="sum")
@@ -85,10 +87,10 @@ class TRADES:
         loss = natural + self.beta * robust
         acc = 100 * (logits.argmax(1) == y).float().mean()  # %
         return loss, {
-            "loss": loss.item(),
-            "loss_natural": natural.item(),
-            "loss_robust": robust.item(),
-            "train_acc": acc.item(),
+            "loss": loss.detach(),
+            "loss_natural": natural.detach(),
+            "loss_robust": robust.detach(),
+            "train_acc": acc,
         }
 
     def status(self) -> dict[str, float]:

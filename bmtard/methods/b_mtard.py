@@ -1,26 +1,31 @@
 """B-MTARD: distillation from a clean and a robust teacher with balanced temperatures and weights
-(spec sections 2-5 and 10, from the official code)."""
+(spec sections 2-5 and 10, from the official code).
+
+Vocabulary: the paper's "natural"/"adversarial" (nat/adv) are the pipeline's clean/robust: the
+clean teacher is matched on clean images (nat), the robust teacher on adversarial ones (adv).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor, nn
 
 from bmtard.attacks.pgd import pgd_ce
 from bmtard.balance import Balance
 from bmtard.config import TrainAttackConfig
+from bmtard.execution import Execution, logits32
 from bmtard.losses import kl_to_teacher, neg_entropy, teacher_probs
 
 
 @dataclass
 class BMTARD:
-    """One B-MTARD step per batch.
+    """One B-MTARD step per batch, with no host-device synchronisation.
 
     The student crafts x_adv by PGD-CE on itself (eval mode); then, in train mode, it is matched to
     the robust teacher on x_adv and to the clean teacher on x. The teachers are frozen, in eval
-    mode, and tempered by tau_adv / tau_nat; the student is never tempered.
+    mode, and tempered by tau_adv / tau_nat; the student is never tempered. The balance state
+    stays on the device (``bmtard.balance``); the logs are detached 0-dim tensors.
     """
 
     teacher_adv: nn.Module
@@ -28,34 +33,39 @@ class BMTARD:
     attack: TrainAttackConfig
     balance: Balance
     kl_reduction: str = "mean"
+    execution: Execution = field(default_factory=Execution)
 
     def batch_loss(
         self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
-    ) -> tuple[Tensor, dict[str, float]]:
-        a, b = self.attack, self.balance
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        a, b, ex = self.attack, self.balance, self.execution
+        x = ex.layout(x)
         model.eval()  # BN uses running statistics while crafting
-        x_adv = pgd_ce(
-            model, x, y, eps=a.eps / 255, step_size=a.step_size / 255, steps=a.steps, init=a.init
-        )
-        model.train()
-        z_sa = model(x_adv)
-        z_sn = model(x)
-        with torch.no_grad():
-            p_ta = teacher_probs(self.teacher_adv(x_adv), b.tau_adv)
-            p_tn = teacher_probs(self.teacher_nat(x), b.tau_nat)
+        with ex.autocast():
+            x_adv = pgd_ce(
+                model, x, y, eps=a.eps / 255, step_size=a.step_size / 255, steps=a.steps,
+                init=a.init,
+            )  # fmt: skip
+            model.train()
+            z_sa = logits32(model(x_adv))
+            z_sn = logits32(model(x))
+        p_ta = teacher_probs(ex.teacher_logits(self.teacher_adv, x_adv), b.tau_adv)
+        p_tn = teacher_probs(ex.teacher_logits(self.teacher_nat, x), b.tau_nat)
         loss_adv = kl_to_teacher(z_sa, p_ta, self.kl_reduction)
         loss_nat = kl_to_teacher(z_sn, p_tn, self.kl_reduction)
         # Entropy-Based Balance: computed with this batch's temperatures, used from the next one.
-        b.update_temperatures(neg_entropy(p_ta).item(), neg_entropy(p_tn).item(), rate_factor)
+        b.update_temperatures(neg_entropy(p_ta), neg_entropy(p_tn), rate_factor)
         # Normalization Loss Balance: the weights already include this batch's losses.
-        la, ln = loss_adv.item(), loss_nat.item()
-        b.update_weights(la, ln, rate_factor)
-        loss = b.w_adv * loss_adv + b.w_nat * loss_nat
-        return loss, {"loss": loss.item(), "loss_adv": la, "loss_nat": ln}
+        b.update_weights(loss_adv, loss_nat, rate_factor)
+        loss = b.w_adv.to(loss_adv.dtype) * loss_adv + b.w_nat.to(loss_nat.dtype) * loss_nat
+        return loss, {
+            "loss": loss.detach(),
+            "loss_adv": loss_adv.detach(),
+            "loss_nat": loss_nat.detach(),
+        }
 
     def status(self) -> dict[str, float]:
-        b = self.balance
-        return {"tau_adv": b.tau_adv, "tau_nat": b.tau_nat, "w_adv": b.w_adv, "w_nat": b.w_nat}
+        return self.balance.status()
 
     def state_dict(self) -> dict:
         return self.balance.state_dict()
