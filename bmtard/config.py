@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from bmtard import attack_table
 from bmtard.errors import ParamsError
 
 # The architecture names that bmtard.models builds (a test keeps the two lists equal; config does
@@ -30,7 +31,7 @@ from bmtard.errors import ParamsError
 ARCHS = ("resnet18", "preact_resnet18", "mobilenet_v2", "resnet56", "wrn34_10")
 DATASETS = ("cifar10", "cifar100")
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
-EVAL_ATTACKS = ("fgsm", "pgd_sat", "pgd_trades", "cw_inf", "autoattack")
+EVAL_ATTACKS = attack_table.NAMES
 
 # Upper bounds: far beyond any sensible run, low enough that a typo (an extra zero, 1e300) stops
 # here instead of in the middle of a run. Attack sizes are in 1/255 (255 = the whole pixel range).

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from bmtard import faults
+from bmtard.attack_table import pixels
 from bmtard.attacks.pgd import pgd_ce
 from bmtard.io import digest, write_json
 from bmtard.loader import Batches
@@ -36,8 +37,8 @@ Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 def pgd_attack(eps: float, steps: int = 20, step_size: float | None = None) -> Attack:
     """PGD-CE at eps (1/255) from a uniform start; step eps/4 unless given (in 1/255)."""
-    step = (eps / 4 if step_size is None else step_size) / 255
-    return functools.partial(pgd_ce, eps=eps / 255, step_size=step, steps=steps, init="uniform")
+    step = pixels(eps / 4 if step_size is None else step_size)
+    return functools.partial(pgd_ce, eps=pixels(eps), step_size=step, steps=steps, init="uniform")
 
 
 def batch_seed(seed: int, task: str, index: int) -> int:

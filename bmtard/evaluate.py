@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bmtard import attack_table
 from bmtard.accuracy import percent
 from bmtard.checkpoint import (
     CheckpointInfo,
@@ -295,9 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--transfer-from", help="checkpoint to craft the transfer attack on")
     p.add_argument("--n-images", type=int)
     p.add_argument("--eps", type=float, help="L-inf budget in 1/255 (default 8)")
-    p.add_argument(
-        "--attacks", help="comma-separated, from: fgsm,pgd_sat,pgd_trades,cw_inf,autoattack"
-    )
+    p.add_argument("--attacks", help=f"comma-separated, from: {','.join(attack_table.NAMES)}")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
     p.add_argument("--seed", type=int)

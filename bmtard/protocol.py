@@ -1,10 +1,8 @@
 """The evaluation protocol (spec section 6.2) with its sanity checks, on any model.
 
 Every accuracy is measured in fp32 with the model in eval mode, on the first ``n_images`` test
-images, at L-inf eps (in 1/255):
-  clean; FGSM (one step of eps); PGD_SAT (PGD-20, step 2/255, uniform start, CE);
-  PGD_TRADES (PGD-20, step 0.003, uniform start, CE); CW_inf (CW margin loss with kappa, L-inf
-  PGD-30, step 2/255, uniform start); AutoAttack standard (reference pyautoattack code).
+images, at L-inf eps (in 1/255): clean, and the attacks of ``bmtard.attack_table`` (FGSM,
+PGD_SAT, PGD_TRADES, CW_inf, AutoAttack standard by the reference pyautoattack code).
 Weighted robust accuracy per attack = (clean + attack) / 2; worst case = correct under every
 attack run. Accuracies in %.
 """
@@ -22,11 +20,12 @@ from torch import nn
 
 from bmtard import sanity
 from bmtard.accuracy import percent
+from bmtard.attack_table import BY_NAME, NAMES, pixels
 from bmtard.attacks.autoattack import autoattack, autoattack_version, flags
 from bmtard.attacks.cw import cw_inf
 from bmtard.attacks.fgsm import fgsm
 from bmtard.attacks.pgd import pgd_ce
-from bmtard.config import EVAL_ATTACKS, EvaluateConfig
+from bmtard.config import EvaluateConfig
 from bmtard.evalrun import Attack, ResumeState, Runner, Task, pgd_attack
 from bmtard.io import digest
 from bmtard.loader import to_tensor
@@ -37,19 +36,18 @@ log = logging.getLogger(__name__)
 
 
 def protocol_attack(name: str, eps: float, cw_kappa: float = 50.0, seed: int = 0) -> Attack:
-    """The named attack of the protocol with its fixed settings; eps in 1/255."""
-    e = eps / 255
-    if name == "fgsm":
-        return functools.partial(fgsm, eps=e)
-    if name == "pgd_sat":
-        return functools.partial(pgd_ce, eps=e, step_size=2 / 255, steps=20, init="uniform")
-    if name == "pgd_trades":
-        return functools.partial(pgd_ce, eps=e, step_size=0.003, steps=20, init="uniform")
-    if name == "cw_inf":
-        return functools.partial(cw_inf, eps=e, step_size=2 / 255, steps=30, kappa=cw_kappa)
-    if name == "autoattack":
+    """The named attack of the protocol (``bmtard.attack_table``) at eps (1/255)."""
+    if name not in BY_NAME:
+        raise ValueError(f"attack {name!r}: allowed are {', '.join(NAMES)}")
+    a, e = BY_NAME[name], pixels(eps)
+    if a.loss == "autoattack":
         return functools.partial(autoattack, eps=e, version="standard", seed=seed)
-    raise ValueError(f"attack {name!r}: allowed are {', '.join(EVAL_ATTACKS)}")
+    if a.step_size is None:  # one step of eps from x
+        return functools.partial(fgsm, eps=e)
+    step = pixels(a.step_size)
+    if a.loss == "cw":
+        return functools.partial(cw_inf, eps=e, step_size=step, steps=a.steps, kappa=cw_kappa)
+    return functools.partial(pgd_ce, eps=e, step_size=step, steps=a.steps, init=a.start)
 
 
 def transferred(source: nn.Module, eps: float) -> Attack:
@@ -263,7 +261,7 @@ def run_sanity(
     )
     square_attack = functools.partial(
         autoattack,
-        eps=cfg.eps / 255,
+        eps=pixels(cfg.eps),
         version="custom",
         attacks=["square"],
         square_queries=s.square_queries,

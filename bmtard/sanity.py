@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bmtard import attack_table
 from bmtard.attacks.cw import cw_margin_loss
 
-WHITE_BOX = ("fgsm", "pgd_sat", "pgd_trades", "cw_inf")
+WHITE_BOX = attack_table.WHITE_BOX
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bmtard.attack_table import pixels
 from bmtard.attacks.pgd import pgd, pgd_ce
 from bmtard.config import TrainAttackConfig
 from bmtard.execution import Execution, logits32
@@ -27,7 +28,7 @@ class PGDAT:
         model.eval()
         with ex.autocast():
             x_adv = pgd_ce(
-                model, ex.layout(x), y, eps=a.eps / 255, step_size=a.step_size / 255,
+                model, ex.layout(x), y, eps=pixels(a.eps), step_size=pixels(a.step_size),
                 steps=a.steps, init=a.init,
             )  # fmt: skip
             model.train()
@@ -73,7 +74,7 @@ class TRADES:
                 return F.kl_div(F.log_softmax(logits32(logits), dim=1), p_clean, reduction="sum")
 
             x_adv = pgd(
-                model, x, kl_sum, eps=a.eps / 255, step_size=a.step_size / 255, steps=a.steps,
+                model, x, kl_sum, eps=pixels(a.eps), step_size=pixels(a.step_size), steps=a.steps,
                 init=a.init,
             )  # fmt: skip
             model.train()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
+from bmtard.attack_table import pixels
 from bmtard.attacks.pgd import pgd_ce
 from bmtard.balance import Balance
 from bmtard.config import TrainAttackConfig
@@ -43,7 +44,7 @@ class BMTARD:
         model.eval()  # BN uses running statistics while crafting
         with ex.autocast():
             x_adv = pgd_ce(
-                model, x, y, eps=a.eps / 255, step_size=a.step_size / 255, steps=a.steps,
+                model, x, y, eps=pixels(a.eps), step_size=pixels(a.step_size), steps=a.steps,
                 init=a.init,
             )  # fmt: skip
             model.train()
