@@ -129,8 +129,9 @@ class TrainAttackConfig:
     step_size: float = _spec(2.0, gt=0, le=MAX_EPS)
     steps: int = _spec(10, ge=1, le=MAX_STEPS)
     # gaussian: x + 0.001*N(0,1), not clamped before the first step (the official code);
-    # uniform: U(-eps, eps) start, clamped to [0, 1] (the usual PGD start).
-    init: str = _spec("gaussian", choices=("gaussian", "uniform"))
+    # uniform: U(-eps, eps) start, clamped to [0, 1] (the usual PGD start);
+    # uniform_unclamped: U(-eps, eps), not clamped before the first step (the official ARD).
+    init: str = _spec("gaussian", choices=("gaussian", "uniform", "uniform_unclamped"))
 
 
 @dataclass(frozen=True)

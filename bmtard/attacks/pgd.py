@@ -12,7 +12,7 @@ from torch import Tensor, nn
 #: sample's gradient does not depend on the others in the batch.
 LossFn = Callable[[Tensor], Tensor]
 
-INITS = ("gaussian", "uniform", "none")
+INITS = ("gaussian", "uniform", "uniform_unclamped", "none")
 
 
 def pgd(
@@ -30,8 +30,10 @@ def pgd(
     """L-inf PGD that maximises ``loss_fn(model(x_adv))`` (sign-gradient steps).
 
     x: (N, C, H, W) in [0, 1]. eps, step_size: pixel units (e.g. 8/255).
-    init: 'uniform' starts at clip(x + U(-eps, eps), 0, 1); 'gaussian' at x + gaussian_std*N(0, 1),
-    not clipped before the first step (the TRADES / B-MTARD training attack); 'none' at x.
+    init: 'uniform' starts at clip(x + U(-eps, eps), 0, 1); 'uniform_unclamped' at
+    x + U(-eps, eps), not clipped before the first step (the ARD training attack); 'gaussian' at
+    x + gaussian_std*N(0, 1), not clipped before the first step (the TRADES / B-MTARD training
+    attack); 'none' at x.
     delta0: an explicit start offset (N, C, H, W) that replaces ``init`` (for cross-checks).
     Returns detached x_adv with |x_adv - x| <= eps and 0 <= x_adv <= 1.
     """
@@ -40,6 +42,8 @@ def pgd(
     x = x.detach()
     if delta0 is not None:
         x_adv = (x + delta0).clamp(0, 1)
+    elif init == "uniform_unclamped":  # the official ARD: clamped only after the first step
+        x_adv = x + torch.empty_like(x).uniform_(-eps, eps)
     elif init == "uniform":
         x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
     elif init == "gaussian":
