@@ -3,7 +3,7 @@ computes them: ARD, RSLAD and MTARD. Each is a per-batch loss like ``bmtard.meth
 (same protocol: ``batch_loss``, ``status``, ``state_dict``), with the same execution options
 (bf16 autocast with fp32 losses, layout) and no host-device synchronisation.
 
-Not yet behind ``distill.method`` in the pipeline (issue 8): they are library pieces, tested on
+Not yet selectable in the pipeline (a future ``distill.method``): library pieces, tested on
 hand-computed values and a few training steps.
 """
 
