@@ -57,6 +57,15 @@ def weight_step(
     return w_adv / total, w_nat / total
 
 
+def reference_losses(
+    l0_adv: Tensor, l0_nat: Tensor, l_adv: Tensor, l_nat: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The reference losses L^0: the first batch's (l_adv, l_nat), NaN before it, never
+    re-estimated. 0-dim float64 tensors."""
+    first = torch.isnan(l0_adv)
+    return torch.where(first, l_adv, l0_adv), torch.where(first, l_nat, l0_nat)
+
+
 @dataclass
 class Balance:
     """Temperatures, weights and reference losses of one B-MTARD run (0-dim float64 tensors on
@@ -109,9 +118,7 @@ class Balance:
         The first call stores the reference losses L^0 (never re-estimated).
         """
         la, ln = loss_adv.detach().to(F64), loss_nat.detach().to(F64)
-        first = torch.isnan(self.l0_adv)
-        self.l0_adv = torch.where(first, la, self.l0_adv)
-        self.l0_nat = torch.where(first, ln, self.l0_nat)
+        self.l0_adv, self.l0_nat = reference_losses(self.l0_adv, self.l0_nat, la, ln)
         self.w_adv, self.w_nat = weight_step(
             self.w_adv, self.w_nat, la / self.l0_adv, ln / self.l0_nat, self.weight_lr * rate_factor
         )

@@ -75,7 +75,9 @@ def test_mtard_weights_by_hand():
         w_nat = 0.5
         losses = [(0.8, 0.4), (0.4, 0.4), (0.2, 0.5), (0.1, 0.05)]
         for la, ln in losses:
-            w.update(torch.tensor(la, dtype=torch.float64), torch.tensor(ln, dtype=torch.float64))
+            w.update_weights(
+                torch.tensor(la, dtype=torch.float64), torch.tensor(ln, dtype=torch.float64)
+            )
             ra, rn = (la / losses[0][0]) ** power, (ln / losses[0][1]) ** power
             w_nat = w_nat - 0.025 * (w_nat - rn / (ra + rn))
             assert w.w_nat.item() == pytest.approx(w_nat, rel=1e-12)

@@ -12,10 +12,11 @@ from bmtard.attack_table import pixels
 from bmtard.attacks.pgd import pgd, pgd_ce
 from bmtard.config import TrainAttackConfig
 from bmtard.execution import Execution, logits32
+from bmtard.methods.stateless import Stateless
 
 
 @dataclass
-class PGDAT:
+class PGDAT(Stateless):
     """Cross-entropy on PGD-CE examples crafted with the model in eval mode (BN frozen)."""
 
     attack: TrainAttackConfig
@@ -37,18 +38,9 @@ class PGDAT:
         acc = 100 * (logits.argmax(1) == y).float().mean()  # %
         return loss, {"loss": loss.detach(), "train_adv_acc": acc}
 
-    def status(self) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
 
 @dataclass
-class TRADES:
+class TRADES(Stateless):
     """CE(f(x), y) + beta * KL(f(x) || f(x_adv)) / B; x_adv maximises that KL (eval mode while
     crafting, 0.001-Gaussian start by default, as the TRADES code).
 
@@ -93,12 +85,3 @@ class TRADES:
             "loss_robust": robust.detach(),
             "train_acc": acc,
         }
-
-    def status(self) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass

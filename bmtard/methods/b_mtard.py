@@ -8,6 +8,7 @@ clean teacher is matched on clean images (nat), the robust teacher on adversaria
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
@@ -17,6 +18,9 @@ from bmtard.balance import Balance
 from bmtard.config import TrainAttackConfig
 from bmtard.execution import Execution, logits32
 from bmtard.losses import kl_to_teacher, neg_entropy, teacher_probs
+
+if TYPE_CHECKING:
+    from bmtard.methods.baselines import MTARDWeights
 
 
 @dataclass
@@ -32,7 +36,7 @@ class BMTARD:
     teacher_adv: nn.Module
     teacher_nat: nn.Module
     attack: TrainAttackConfig
-    balance: Balance
+    balance: Balance | MTARDWeights  # MTARD's weights take the balance's place
     kl_reduction: str = "mean"
     execution: Execution = field(default_factory=Execution)
 

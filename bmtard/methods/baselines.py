@@ -17,15 +17,18 @@ from torch import Tensor, nn
 
 from bmtard.attack_table import pixels
 from bmtard.attacks.pgd import pgd, pgd_ce
+from bmtard.balance import reference_losses
 from bmtard.config import TrainAttackConfig
 from bmtard.execution import Execution, logits32
-from bmtard.losses import kl_to_teacher, teacher_probs
+from bmtard.losses import kl_to_teacher
+from bmtard.methods.b_mtard import BMTARD
+from bmtard.methods.stateless import Stateless
 
 F64 = torch.float64
 
 
 @dataclass
-class ARD:
+class ARD(Stateless):
     """ARD (Goldblum et al., AAAI 2020; official ``main.py``).
 
     PGD-CE on the student **in train mode** (the official ``AttackPGD`` runs inside ``net.train()``,
@@ -63,18 +66,9 @@ class ARD:
         loss = self.alpha * t * t * kl + (1.0 - self.alpha) * ce
         return loss, {"loss": loss.detach(), "loss_kl": kl.detach(), "loss_ce": ce.detach()}
 
-    def status(self) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
 
 @dataclass
-class RSLAD:
+class RSLAD(Stateless):
     """RSLAD (Zi et al., ICCV 2021; official ``rslad_loss.py`` and training script).
 
     One robust teacher at temperature 1, always on the clean x. The attack maximises the summed
@@ -119,22 +113,17 @@ class RSLAD:
             "loss_nat": loss_nat.detach(),
         }
 
-    def status(self) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
 
 @dataclass
 class MTARDWeights:
-    """MTARD's loss weights (ECCV 2022 code): w_nat moves toward l_nat^b / (l_adv^b + l_nat^b),
-    l_i = L_i / L_i^0 (the first batch's losses), at rate ``lr``; w_adv = 1 - w_nat. No clipping
-    and no temperatures. 0-dim float64 tensors on the training device (L^0 NaN until known)."""
+    """MTARD's balance (ECCV 2022 code) in the place of B-MTARD's ``bmtard.balance.Balance``:
+    both teachers at temperature 1, always (no Entropy-Based Balance); w_nat moves toward
+    l_nat^b / (l_adv^b + l_nat^b), l_i = L_i / L_i^0 (the first batch's losses), at rate ``lr``;
+    w_adv = 1 - w_nat, with no clipping. 0-dim float64 tensors on the training device (L^0 NaN
+    until known)."""
 
+    tau_adv: Tensor
+    tau_nat: Tensor
     w_nat: Tensor
     w_adv: Tensor
     l0_adv: Tensor
@@ -147,13 +136,15 @@ class MTARDWeights:
         def t(v: float) -> Tensor:
             return torch.tensor(v, dtype=F64, device=device)
 
-        return cls(t(1.0 - w_adv), t(w_adv), t(float("nan")), t(float("nan")), lr, power)
+        one, nan = t(1.0), t(float("nan"))
+        return cls(one, one, t(1.0 - w_adv), t(w_adv), nan, nan, lr, power)
 
-    def update(self, loss_adv: Tensor, loss_nat: Tensor, rate_factor: float = 1.0) -> None:
+    def update_temperatures(self, e_adv: Tensor, e_nat: Tensor, rate_factor: float = 1.0) -> None:
+        """MTARD keeps both temperatures at 1."""
+
+    def update_weights(self, loss_adv: Tensor, loss_nat: Tensor, rate_factor: float = 1.0) -> None:
         la, ln = loss_adv.detach().to(F64), loss_nat.detach().to(F64)
-        first = torch.isnan(self.l0_adv)
-        self.l0_adv = torch.where(first, la, self.l0_adv)
-        self.l0_nat = torch.where(first, ln, self.l0_nat)
+        self.l0_adv, self.l0_nat = reference_losses(self.l0_adv, self.l0_nat, la, ln)
         ra, rn = la / self.l0_adv, ln / self.l0_nat
         if self.power != 1:  # x ** 1 is x; a tensor pow might not return it exactly
             ra, rn = ra**self.power, rn**self.power
@@ -161,54 +152,32 @@ class MTARDWeights:
         self.w_nat = self.w_nat - lr * (self.w_nat - rn / (ra + rn))
         self.w_adv = 1 - self.w_nat
 
-
-@dataclass
-class MTARD:
-    """MTARD (Zhao et al., ECCV 2022; official ``mtard_resnet18_cifar10.py``): B-MTARD's
-    structure (the same attack on the student, the robust teacher on x_adv, the clean teacher on
-    x, the same KL helper) with both teachers at temperature 1 and ``MTARDWeights``."""
-
-    teacher_adv: nn.Module
-    teacher_nat: nn.Module
-    attack: TrainAttackConfig
-    weights: MTARDWeights
-    kl_reduction: str = "mean"
-    execution: Execution = field(default_factory=Execution)
-
-    def batch_loss(
-        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        a, w, ex = self.attack, self.weights, self.execution
-        x = ex.layout(x)
-        model.eval()
-        with ex.autocast():
-            x_adv = pgd_ce(
-                model, x, y, eps=pixels(a.eps), step_size=pixels(a.step_size), steps=a.steps,
-                init=a.init,
-            )  # fmt: skip
-            model.train()
-            z_sa = logits32(model(x_adv))
-            z_sn = logits32(model(x))
-        p_ta = teacher_probs(ex.teacher_logits(self.teacher_adv, x_adv), 1.0)
-        p_tn = teacher_probs(ex.teacher_logits(self.teacher_nat, x), 1.0)
-        loss_adv = kl_to_teacher(z_sa, p_ta, self.kl_reduction)
-        loss_nat = kl_to_teacher(z_sn, p_tn, self.kl_reduction)
-        w.update(loss_adv, loss_nat, rate_factor)
-        loss = w.w_adv.to(loss_adv.dtype) * loss_adv + w.w_nat.to(loss_nat.dtype) * loss_nat
-        return loss, {
-            "loss": loss.detach(),
-            "loss_adv": loss_adv.detach(),
-            "loss_nat": loss_nat.detach(),
-        }
-
     def status(self) -> dict[str, float]:
-        return {"w_adv": float(self.weights.w_adv), "w_nat": float(self.weights.w_nat)}
+        return {"w_adv": float(self.w_adv), "w_nat": float(self.w_nat)}
 
     def state_dict(self) -> dict:
-        w = self.weights
-        return {"w_nat": w.w_nat, "w_adv": w.w_adv, "l0_adv": w.l0_adv, "l0_nat": w.l0_nat}
+        return {
+            "w_nat": self.w_nat,
+            "w_adv": self.w_adv,
+            "l0_adv": self.l0_adv,
+            "l0_nat": self.l0_nat,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        device = self.weights.w_nat.device
+        device = self.w_nat.device
         for name, value in state.items():
-            setattr(self.weights, name, value.to(device))
+            setattr(self, name, value.to(device))
+
+
+def MTARD(  # noqa: N802 (named like the other methods, which are classes)
+    teacher_adv: nn.Module,
+    teacher_nat: nn.Module,
+    attack: TrainAttackConfig,
+    weights: MTARDWeights,
+    kl_reduction: str = "mean",
+    execution: Execution | None = None,
+) -> BMTARD:
+    """MTARD (Zhao et al., ECCV 2022; official ``mtard_resnet18_cifar10.py``): B-MTARD's step
+    (the same attack on the student, the robust teacher on x_adv, the clean teacher on x, the
+    same KL helper) with ``MTARDWeights`` as its balance."""
+    return BMTARD(teacher_adv, teacher_nat, attack, weights, kl_reduction, execution or Execution())

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bmtard.execution import Execution, logits32
+from bmtard.methods.stateless import Stateless
 
 
 @dataclass
-class Standard:
+class Standard(Stateless):
     """Cross-entropy on clean images, model in train mode. Logs are detached 0-dim tensors."""
 
     execution: Execution = field(default_factory=Execution)
@@ -26,12 +27,3 @@ class Standard:
         loss = F.cross_entropy(logits, y)
         acc = 100 * (logits.argmax(1) == y).float().mean()  # %
         return loss, {"loss": loss.detach(), "train_acc": acc}
-
-    def status(self) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass

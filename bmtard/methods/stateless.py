@@ -1,0 +1,16 @@
+"""The state half of the method protocol for methods that keep nothing between batches."""
+
+from __future__ import annotations
+
+
+class Stateless:
+    """A method with no state across batches: nothing to log, save or restore."""
+
+    def status(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
