@@ -1,12 +1,20 @@
 """The B-MTARD pipeline for Snakemake, built from dvc.yaml (the one definition of the DAG).
 
-Every DVC stage becomes a rule of the same name with the same command, inputs (deps), outputs
-(outs, metrics, plots; paths without a suffix are directories) and parameters (the params.yaml
-sections the stage lists, passed as rule params so that a change reruns it). `meta: {gpu: 1}`
-in dvc.yaml becomes `resources: gpu=1`. Edit parameters in params.yaml only (not --config):
-the stage scripts read params.yaml themselves.
+Every DVC stage becomes a rule of the same name with the same command (its ${section.key}
+references filled in, as DVC does), inputs (deps), outputs (outs, metrics, plots; paths without
+a suffix are directories) and parameters (the params.yaml sections or keys the stage lists,
+passed as rule params so that a change reruns it). `meta: {gpu: 1}` in dvc.yaml becomes
+`resources: gpu=1`. Edit parameters in params.yaml only (not --config): the stage scripts read
+params.yaml themselves.
+
+A grid (`--configfile presets/grid.yaml`, bmtard/grid.py) runs the stages that read `distill` or
+`evaluate` (and those after them) once per experiment, as rules `<stage>_grid` writing under
+`results/<experiment>/` with that experiment's `results/<experiment>/params.yaml`; the data and the
+teachers are shared, and each teacher is trained if one of the grid's methods learns from it.
 """
 
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -17,21 +25,60 @@ configfile: "params.yaml"
 
 
 sys.path.insert(0, workflow.basedir)  # the bmtard package beside this file
+from bmtard import grid as grids
 from bmtard import project_lock
 from bmtard.config import load_params
 from bmtard.errors import BmtardError
 from snakemake.exceptions import WorkflowError
 
+GRID = config.pop(
+    "grid", None
+)  # from --configfile: the one key that is not in params.yaml
 # validates every parameter (and refuses repeated keys) before any job runs
 load_params(Path(workflow.basedir, "params.yaml"))
 with open(Path(workflow.basedir, "params.yaml")) as f:
     if yaml.safe_load(f) != config:
         raise ValueError(
-            "params.yaml differs from the Snakemake config: set values in params.yaml"
+            "params.yaml differs from the Snakemake config: set values in params.yaml "
+            "(--configfile may add a grid only)"
         )
+EXPERIMENTS = [] if GRID is None else grids.expand(GRID)
+EXP_PARAMS = {
+    e.name: grids.experiment_params(config, e)[0] for e in EXPERIMENTS
+}  # validated
+METHODS = (
+    ",".join(grids.methods(config, EXPERIMENTS))
+    if EXPERIMENTS
+    else config["distill"]["method"]
+)
+RESULTS = "results"
 
 with open(Path(workflow.basedir, "dvc.yaml")) as f:
     STAGES = yaml.safe_load(f)["stages"]
+
+
+def lookup(params, dotted):
+    node = params
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def interpolate(cmd):
+    """A dvc.yaml command with its ${section.key} references replaced by the values (the
+    methods of the grid for ${distill.method}, which only the shared teachers' commands name).
+    """
+
+    def value(match):
+        key = match.group(1)
+        return METHODS if key == "distill.method" else str(lookup(config, key))
+
+    return re.sub(r"\$\{([A-Za-z0-9_.]+)\}", value, cmd)
+
+
+def stage_params(stage, params):
+    """The rule params of a stage: each section or dotted key it lists (dots as underscores)."""
+    return {p.replace(".", "_"): lookup(params, p) for p in stage.get("params", [])}
 
 
 def stage_outputs(stage):
@@ -43,10 +90,42 @@ def stage_outputs(stage):
     return paths
 
 
-def snake_outputs(stage):
-    return [
-        p if "." in p.rsplit("/", 1)[-1] else directory(p) for p in stage_outputs(stage)
-    ]
+def snake_outputs(paths):
+    return [p if "." in p.rsplit("/", 1)[-1] else directory(p) for p in paths]
+
+
+# the stages an experiment reruns: those reading distill or evaluate, and everything after them
+PER_EXPERIMENT = []
+for name, stage in STAGES.items():
+    reads = {p.split(".")[0] for p in stage.get("params", [])}
+    after = {
+        p
+        for s in PER_EXPERIMENT
+        for p in stage_outputs(STAGES[s])
+        if p in stage["deps"]
+    }
+    if reads & {"distill", "evaluate"} or after:
+        PER_EXPERIMENT.append(name)
+MOVED = {
+    p for s in PER_EXPERIMENT for p in stage_outputs(STAGES[s])
+}  # -> results/<exp>/...
+
+
+def in_experiment(path):
+    """An experiment's own copy of ``path``: a moved output, or a folder holding one (such as
+    the --live folder of dvclive/distill/metrics.json)."""
+    moved = path in MOVED or any(m.startswith(f"{path}/") for m in MOVED)
+    return f"{RESULTS}/{{exp}}/{path}" if moved else path
+
+
+def experiment_cmd(cmd):
+    """A per-experiment stage's command: its moved paths under results/<exp>/, and the
+    experiment's params file."""
+    words = [in_experiment(w) for w in cmd.split()]
+    at = words.index("-m") + 2  # after `python -m stages.NAME`
+    return " ".join(
+        words[:at] + [f"--params {RESULTS}/{{exp}}/params.yaml"] + words[at:]
+    )
 
 
 PROJECT_LOCK = []  # the open lock file, kept for the whole run
@@ -62,10 +141,24 @@ onstart:
         raise WorkflowError(f"error: {e}") from None
 
 
+def all_outputs():
+    if not EXPERIMENTS:
+        return [p for stage in STAGES.values() for p in stage_outputs(stage)]
+    shared = [
+        p
+        for n, s in STAGES.items()
+        if n not in PER_EXPERIMENT
+        for p in stage_outputs(s)
+    ]
+    return shared + expand(
+        [in_experiment(p) for p in MOVED], exp=[e.name for e in EXPERIMENTS]
+    )
+
+
 rule all:
     default_target: True
     input:
-        [p for stage in STAGES.values() for p in stage_outputs(stage)],
+        all_outputs(),
 
 
 for stage_name, stage in STAGES.items():
@@ -76,7 +169,7 @@ for stage_name, stage in STAGES.items():
         input:
             stage["deps"],
         output:
-            snake_outputs(stage),
+            snake_outputs(stage_outputs(stage)),
         log:
             f"logs/{stage_name}.log",
         conda:
@@ -85,9 +178,51 @@ for stage_name, stage in STAGES.items():
         resources:
             gpu=stage.get("meta", {}).get("gpu", 0),
         params:
-            **{section: config[section] for section in stage.get("params", [])},
+            **stage_params(stage, config),
             # the command goes through params: a loop variable read in `shell:` would be read
             # when the job runs, i.e. after the loop, and give the last stage's command
-            cmd=stage["cmd"],
+            cmd=interpolate(stage["cmd"]),
         shell:
             "{params.cmd} > {log} 2>&1"
+
+
+if EXPERIMENTS:
+
+    rule grid_params:
+        output:
+            f"{RESULTS}/{{exp}}/params.yaml",
+        params:
+            values=lambda wc: EXP_PARAMS[wc.exp],
+        run:
+            tmp = Path(f"{output[0]}.tmp")
+            tmp.write_text(yaml.safe_dump(params.values, sort_keys=False))
+            os.replace(tmp, output[0])
+
+    for stage_name in PER_EXPERIMENT:
+        stage = STAGES[stage_name]
+
+        rule:
+            name:
+                f"{stage_name}_grid"
+            input:
+                [in_experiment(p) for p in stage["deps"]],
+                f"{RESULTS}/{{exp}}/params.yaml",
+            output:
+                snake_outputs([in_experiment(p) for p in stage_outputs(stage)]),
+            log:
+                f"logs/{stage_name}_{{exp}}.log",
+            wildcard_constraints:
+                exp="|".join(re.escape(e.name) for e in EXPERIMENTS),
+            conda:
+                "envs/bmtard.yaml"
+            threads: workflow.cores if stage.get("meta", {}).get("gpu") else 1
+            resources:
+                gpu=stage.get("meta", {}).get("gpu", 0),
+            params:
+                # the experiment's own values, so that a change reruns only its jobs
+                values=lambda wc, stage=stage: stage_params(stage, EXP_PARAMS[wc.exp]),
+                cmd=lambda wc, cmd=experiment_cmd(stage["cmd"]): cmd.replace(
+                    "{exp}", wc.exp
+                ),
+            shell:
+                "{params.cmd} > {log} 2>&1"

@@ -25,6 +25,8 @@ from bmtard.models import build_model
 
 FORMAT = "bmtard.model/2"
 OLD_FORMATS = ("bmtard.model/1",)  # meta instead of record; still readable
+#: a teacher stage's output when the method trained no model there (``save_no_model``)
+NO_MODEL = "bmtard.no-model/1"
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class TrainingRecord:
     teachers: dict[str, Any] = field(default_factory=dict)  # role -> {"arch", "sha256"}
     run: dict[str, Any] = field(default_factory=dict)  # seed, device, precision, ... it ran with
     code: dict[str, Any] = field(default_factory=dict)  # bmtard.provenance.code_version()
+    key: str | None = None  # digest of what made the run (bmtard.training_stage.state_key)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainingRecord:
@@ -91,6 +94,24 @@ def save_model(
         "record": json.loads(json.dumps(dataclasses.asdict(record))),
     }
     write_atomic(path, lambda tmp: save_torch(payload, tmp))
+
+
+def save_no_model(path: str | Path, reason: str) -> None:
+    """Write a file in a model's place that says why no model is there (``load_model`` refuses
+    it with ``reason``): the output of a teacher stage whose teacher no method needs."""
+    write_atomic(path, lambda tmp: save_torch({"format": NO_MODEL, "reason": reason}, tmp))
+
+
+def saved_record(path: str | Path) -> TrainingRecord | None:
+    """The record of a model file of ours, read without its weights (None if the file is
+    absent, not ours, or unreadable)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # absent, damaged, or not a zip checkpoint: no record to read
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        return None
+    return TrainingRecord.from_dict(payload.get("record", {}))
 
 
 def check_archive(path: str | Path) -> None:
@@ -130,6 +151,8 @@ def load_model(
     """Rebuild a model saved by ``save_model``; return (model in eval mode, its description)."""
     payload = read_checkpoint(path)
     fmt = payload.get("format") if isinstance(payload, dict) else None
+    if fmt == NO_MODEL:
+        raise CheckpointError(f"{path}: holds no model ({payload.get('reason')})")
     if fmt != FORMAT and fmt not in OLD_FORMATS:
         raise CheckpointError(
             f"{path}: not a bmtard model file; for a plain state_dict use import_state_dict"

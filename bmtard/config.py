@@ -23,13 +23,15 @@ from typing import Any
 
 import yaml
 
-from bmtard import attack_table
+from bmtard import attack_table, method_table
 from bmtard.errors import ParamsError
 
 # The architecture names that bmtard.models builds (a test keeps the two lists equal; config does
 # not import the models so that the data stage does not depend on model code).
 ARCHS = ("resnet18", "preact_resnet18", "mobilenet_v2", "resnet56", "wrn34_10")
 DATASETS = ("cifar10", "cifar100")
+METHODS = method_table.NAMES
+TRAIN_INITS = ("gaussian", "uniform", "uniform_unclamped")
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 EVAL_ATTACKS = attack_table.NAMES
 
@@ -105,19 +107,23 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD with step decay: lr x gamma after each epoch listed in milestones (1-based)."""
+    """SGD with step decay: lr x gamma after each epoch listed in milestones (1-based).
 
-    epochs: int = _spec(300, ge=1, le=MAX_EPOCHS)
+    ``epochs`` and ``milestones`` may be null in ``distill.optim`` only: the method's published
+    values (``bmtard.method_table``), filled in by ``DistillConfig.resolved``."""
+
+    epochs: int | None = _spec(300, ge=1, le=MAX_EPOCHS)
     batch_size: int = _spec(128, ge=1, le=MAX_BATCH)
     lr: float = _spec(0.1, gt=0, le=MAX_LR)
     momentum: float = _spec(0.9, ge=0, lt=1)
     weight_decay: float = _spec(2e-4, ge=0, le=1)
-    milestones: list[int] = _spec([215, 260, 285], ge=1, le=MAX_EPOCHS)  # strictly increasing
+    # strictly increasing
+    milestones: list[int] | None = _spec([215, 260, 285], ge=1, le=MAX_EPOCHS)
     gamma: float = _spec(0.1, gt=0, le=1)
 
     def __post_init__(self) -> None:
         m = self.milestones
-        if list(m) != sorted(set(m)):
+        if m is not None and list(m) != sorted(set(m)):
             raise ParamsError(f"milestones = {m}: must be strictly increasing (no repeats)")
 
 
@@ -130,8 +136,19 @@ class TrainAttackConfig:
     steps: int = _spec(10, ge=1, le=MAX_STEPS)
     # gaussian: x + 0.001*N(0,1), not clamped before the first step (the official code);
     # uniform: U(-eps, eps) start, clamped to [0, 1] (the usual PGD start);
-    # uniform_unclamped: U(-eps, eps), not clamped before the first step (the official ARD).
-    init: str = _spec("gaussian", choices=("gaussian", "uniform", "uniform_unclamped"))
+    # uniform_unclamped: U(-eps, eps), not clamped before the first step (the official ARD);
+    # null (distill.attack only): the method's (bmtard.method_table).
+    init: str | None = _spec("gaussian", choices=TRAIN_INITS)
+
+
+def _no_method_defaults(optim: OptimConfig, attack: TrainAttackConfig | None = None) -> None:
+    """Teachers have no method table: their schedule and attack start must be given."""
+    given = {"optim.epochs": optim.epochs, "optim.milestones": optim.milestones}
+    if attack is not None:
+        given["attack.init"] = attack.init
+    for key, value in given.items():
+        if value is None:
+            raise ParamsError(f"{key} = null: must be given (null is allowed in distill only)")
 
 
 @dataclass(frozen=True)
@@ -153,6 +170,8 @@ class CleanTeacherConfig:
 
     arch: str = _spec("resnet56", choices=ARCHS)
     width: float = _spec(1.0, gt=0, le=MAX_WIDTH)
+    # the teacher's own seed (in place of run.seed), so that a student seed grid shares it
+    seed: int = _spec(0, ge=0, le=MAX_SEED)
     checkpoint: str | None = None  # an existing state_dict to use instead of training
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
@@ -163,6 +182,9 @@ class CleanTeacherConfig:
         default_factory=lambda: MonitorConfig(every=10, dense_from=10**6, pgd_steps=0)
     )
 
+    def __post_init__(self) -> None:
+        _no_method_defaults(self.optim)
+
 
 @dataclass(frozen=True)
 class RobustTeacherConfig:
@@ -170,6 +192,7 @@ class RobustTeacherConfig:
 
     arch: str = _spec("wrn34_10", choices=ARCHS)
     width: float = _spec(1.0, gt=0, le=MAX_WIDTH)
+    seed: int = _spec(0, ge=0, le=MAX_SEED)  # the teacher's own seed (in place of run.seed)
     checkpoint: str | None = None
     method: str = _spec("trades", choices=("trades", "pgd_at"))
     trades_beta: float = _spec(6.0, ge=0, le=1000)
@@ -180,6 +203,9 @@ class RobustTeacherConfig:
     monitor: MonitorConfig = field(
         default_factory=lambda: MonitorConfig(every=10, dense_from=10**6)
     )
+
+    def __post_init__(self) -> None:
+        _no_method_defaults(self.optim, self.attack)
 
 
 @dataclass(frozen=True)
@@ -204,14 +230,27 @@ class BalanceConfig:
 
 
 @dataclass(frozen=True)
-class DistillConfig:
-    """B-MTARD distillation of the student from the two teachers."""
+class ARDConfig:
+    """ARD's loss: alpha * T^2 * KL at temperature T + (1 - alpha) * CE (official defaults)."""
 
+    temperature: float = _spec(30.0, gt=0, le=MAX_TAU)
+    alpha: float = _spec(1.0, ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Training of the student: B-MTARD, or a baseline of the paper's comparison
+    (``bmtard.method_table``). Null ``optim.epochs``, ``optim.milestones`` and ``attack.init``
+    take the method's published values (``resolved``)."""
+
+    method: str = _spec("bmtard", choices=METHODS)
     arch: str = _spec("resnet18", choices=ARCHS)
     width: float = _spec(1.0, gt=0, le=MAX_WIDTH)
     optim: OptimConfig = field(default_factory=OptimConfig)
     attack: TrainAttackConfig = field(default_factory=TrainAttackConfig)
-    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)  # bmtard; mtard: its w_ keys
+    ard: ARDConfig = field(default_factory=ARDConfig)
+    trades_beta: float = _spec(6.0, ge=0, le=1000)  # trades
     # mean: torch.mean over batch x classes, i.e. KL / C (the official code);
     # batchmean: the KL divergence averaged over the batch (the textbook scale).
     kl_reduction: str = _spec("mean", choices=("mean", "batchmean"))
@@ -219,6 +258,20 @@ class DistillConfig:
     # best: highest (clean + PGD-20)/2 on the monitor, i.e. selected on the test set
     # (the official code); last: the final epoch, with no test-set selection.
     checkpoint: str = _spec("best", choices=("best", "last"))
+
+    def resolved(self) -> DistillConfig:
+        """This config with every null replaced by the method's published value."""
+        spec = method_table.method(self.method)
+        o, a = self.optim, self.attack
+        optim = dataclasses.replace(
+            o,
+            epochs=spec.epochs if o.epochs is None else o.epochs,
+            milestones=list(spec.milestones) if o.milestones is None else o.milestones,
+        )
+        attack = dataclasses.replace(a, init=spec.init if a.init is None else a.init)
+        if optim == o and attack == a:
+            return self
+        return dataclasses.replace(self, optim=optim, attack=attack)
 
 
 @dataclass(frozen=True)

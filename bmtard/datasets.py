@@ -81,9 +81,27 @@ def balanced_indices(
     return np.sort(np.concatenate(keep))
 
 
+#: where DVC runs a queued or temporary experiment: a copy of the project at <project>/DVC_TEMP/<id>
+DVC_TEMP = (".dvc", "tmp", "exps")
+
+
+def from_project(path: Path, cwd: Path | None = None) -> Path:
+    """A relative path as the user wrote it, from the project folder, also inside a DVC queue's
+    temporary copy (which holds only what git tracks, so ``../shared/...`` would point beside
+    the copy instead of beside the project)."""
+    if path.is_absolute():
+        return path
+    parts = (cwd or Path.cwd()).resolve().parts
+    for i in range(len(parts) - len(DVC_TEMP)):
+        if parts[i : i + len(DVC_TEMP)] == DVC_TEMP:
+            return Path(*parts[:i]) / path
+    return path
+
+
 def locate_local_root(local_root: str, folder: str) -> Path:
-    """The folder that holds ``folder`` (e.g. cifar-10-batches-py), given it or its parent."""
-    p = Path(local_root).expanduser()
+    """The folder that holds ``folder`` (e.g. cifar-10-batches-py), given it or its parent
+    (relative to the project folder, see ``from_project``)."""
+    p = from_project(Path(local_root).expanduser())
     if p.name == folder and p.is_dir():
         return p.parent
     if (p / folder).is_dir():

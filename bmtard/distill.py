@@ -1,26 +1,83 @@
-"""The distillation stage: B-MTARD from the two teacher checkpoints to a new student."""
+"""The distillation stage: the student from its teachers, by ``distill.method`` (B-MTARD or a
+baseline of the paper's comparison, ``bmtard.method_table``). Only the teachers the method
+learns from are loaded."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from bmtard import method_table
 from bmtard.balance import Balance
 from bmtard.checkpoint import CheckpointInfo, ModelSpec, TrainingRecord, load_model
 from bmtard.config import DistillConfig, RunConfig, to_dict
 from bmtard.errors import CheckpointError
 from bmtard.execution import Execution
+from bmtard.method_table import CLEAN, ROBUST
+from bmtard.methods.adversarial import PGDAT, TRADES
 from bmtard.methods.b_mtard import BMTARD
+from bmtard.methods.baselines import ARD, MTARD, RSLAD, MTARDWeights
 from bmtard.provenance import code_version
 from bmtard.selection import Selection
 from bmtard.stage_data import StageData
 from bmtard.stop import StopRequest
+from bmtard.train import Method
 from bmtard.training_stage import Outputs, train_and_save
 
 log = logging.getLogger(__name__)
+
+#: teacher role -> model, only the roles the method learns from
+Teachers = dict[str, nn.Module]
+
+
+def _sat(cfg: DistillConfig, t: Teachers, ex: Execution, device: torch.device) -> Method:
+    return PGDAT(cfg.attack, ex)
+
+
+def _trades(cfg: DistillConfig, t: Teachers, ex: Execution, device: torch.device) -> Method:
+    return TRADES(cfg.attack, cfg.trades_beta, ex)
+
+
+def _ard(cfg: DistillConfig, t: Teachers, ex: Execution, device: torch.device) -> Method:
+    return ARD(t[ROBUST], cfg.attack, cfg.ard.temperature, cfg.ard.alpha, ex)
+
+
+def _rslad(cfg: DistillConfig, t: Teachers, ex: Execution, device: torch.device) -> Method:
+    return RSLAD(t[ROBUST], cfg.attack, kl_reduction=cfg.kl_reduction, execution=ex)
+
+
+def _mtard(cfg: DistillConfig, t: Teachers, ex: Execution, device: torch.device) -> Method:
+    b = cfg.balance
+    weights = MTARDWeights.start(b.w_adv_init, b.weight_lr, device=device)
+    return MTARD(t[ROBUST], t[CLEAN], cfg.attack, weights, cfg.kl_reduction, ex)
+
+
+def _bmtard(cfg: DistillConfig, t: Teachers, ex: Execution, device: torch.device) -> Method:
+    balance = Balance.from_config(cfg.balance, device)
+    return BMTARD(t[ROBUST], t[CLEAN], cfg.attack, balance, cfg.kl_reduction, ex)
+
+
+#: distill.method -> the per-batch method (a test keeps the keys equal to method_table.NAMES)
+BUILDERS: dict[str, Callable[[DistillConfig, Teachers, Execution, torch.device], Method]] = {
+    "sat": _sat,
+    "trades": _trades,
+    "ard": _ard,
+    "rslad": _rslad,
+    "mtard": _mtard,
+    "bmtard": _bmtard,
+}
+
+
+def build_method(
+    cfg: DistillConfig, teachers: Teachers, ex: Execution, device: torch.device
+) -> Method:
+    """The per-batch method of ``cfg.method`` (``cfg`` resolved), with its teachers prepared by
+    ``ex`` (frozen, eval mode, precision and layout)."""
+    return BUILDERS[cfg.method](cfg, {r: ex.teacher(m) for r, m in teachers.items()}, ex, device)
 
 
 def load_teacher(
@@ -47,22 +104,26 @@ def run_distill(
     outputs: Outputs,
     stop: StopRequest | None = None,
 ) -> Selection:
-    """Distil a ``cfg.arch`` student with B-MTARD; save the selected epoch to ``outputs.model``."""
+    """Train a ``cfg.arch`` student with ``cfg.method``; save the selected epoch to
+    ``outputs.model``. A teacher path is read only if the method learns from that teacher."""
+    cfg = cfg.resolved()
     ex = Execution.from_config(run, device)
-    t_nat, nat_info = load_teacher(clean_teacher, data.num_classes, device)
-    t_adv, adv_info = load_teacher(robust_teacher, data.num_classes, device)
+    paths = {CLEAN: clean_teacher, ROBUST: robust_teacher}
+    loaded = {
+        role: load_teacher(paths[role], data.num_classes, device)
+        for role in method_table.method(cfg.method).teachers
+    }
     spec = ModelSpec(cfg.arch, cfg.width, data.num_classes)
     student = spec.build().to(device)
-    balance = Balance.from_config(cfg.balance, device)
-    method = BMTARD(ex.teacher(t_adv), ex.teacher(t_nat), cfg.attack, balance, cfg.kl_reduction, ex)
+    method = build_method(cfg, {r: m for r, (m, _) in loaded.items()}, ex, device)
     record = TrainingRecord(
         stage="distill",
-        method="b_mtard",
+        method=cfg.method,
         params=to_dict(cfg),
         data=data.splits,
         teachers={
-            "clean": {"arch": nat_info.spec.arch, "sha256": nat_info.sha256},
-            "robust": {"arch": adv_info.spec.arch, "sha256": adv_info.sha256},
+            role: {"arch": info.spec.arch, "sha256": info.sha256}
+            for role, (_, info) in loaded.items()
         },
         code=code_version(),
     )

@@ -205,15 +205,16 @@ def evaluate_pipeline(
     plots: str,
 ) -> None:
     """The evaluate stage: the protocol and sanity checks on the student (the robust teacher is
-    the transfer source), a check of both teachers, then every output file."""
+    the transfer source), a check of each teacher the student learnt from (its training record
+    names them; a method without teachers gets no transfer check), then every output file."""
     check_resume_dir(cfg)
     model, info = load_model(student, device)
+    paths = {"clean": clean_teacher, "robust": robust_teacher}
     teachers = {
-        role: load_model(p, device)
-        for role, p in (("clean", clean_teacher), ("robust", robust_teacher))
+        role: load_model(paths[role], device) for role in paths if role in info.record.teachers
     }
     ev, test, dataset = evaluate_file(
-        model, info, Path(data_dir) / "test.npz", cfg, device, seed, teachers["robust"]
+        model, info, Path(data_dir) / "test.npz", cfg, device, seed, teachers.get("robust")
     )
     numbers: dict[str, Any] = {"teachers": {}}
     the_card = model_card(ev, info, student, dataset)

@@ -52,16 +52,11 @@ def keep_last_good(paths: list[Path], folder: Path) -> None:
     keeps the content when an engine deletes the output for a rerun that then fails. Files under
     1 MiB (curves, which dvclive appends to in place) are copied instead, as are files where a
     link is not possible. Paths outside the working directory are skipped."""
-    cwd = Path.cwd()
     for path in paths:
         path = Path(path)
-        try:
-            rel = path.absolute().relative_to(cwd)
-        except ValueError:
+        target = last_good_copy(path, folder)
+        if target is None or not path.exists():
             continue
-        if not path.exists():
-            continue
-        target = folder / rel
         if target.is_dir():
             shutil.rmtree(target)
         elif target.exists():
@@ -71,6 +66,37 @@ def keep_last_good(paths: list[Path], folder: Path) -> None:
             shutil.copytree(path, target, copy_function=_link_or_copy)
         else:
             _link_or_copy(path, target)
+
+
+def last_good_copy(path: Path, folder: Path) -> Path | None:
+    """Where ``keep_last_good`` keeps ``path`` (None for a path outside the working directory)."""
+    try:
+        return folder / Path(path).absolute().relative_to(Path.cwd())
+    except ValueError:
+        return None
+
+
+def restore(paths: list[Path], folder: Path) -> None:
+    """Put the last good copies of ``paths`` back in place (replacing what is there), the
+    reverse of ``keep_last_good``; each is first assembled beside its place, then renamed."""
+    for path in paths:
+        path = Path(path)
+        copy = last_good_copy(path, folder)
+        if copy is None or not copy.exists():
+            continue
+        tmp = path.with_name(f".{path.name}.restore")
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if copy.is_dir():
+            shutil.copytree(copy, tmp, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(copy, tmp)
+        if path.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
 
 
 def _link_or_copy(src: str | Path, dst: str | Path) -> None:

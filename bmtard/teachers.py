@@ -1,4 +1,6 @@
-"""The two teacher stages: train a teacher, or take a published checkpoint instead."""
+"""The two teacher stages: train a teacher, or take a published checkpoint instead; neither when
+no method of the run learns from it (``bmtard.method_table``): the stage then writes a file in
+the model's place that says so, and no curves."""
 
 from __future__ import annotations
 
@@ -6,8 +8,9 @@ import logging
 
 import torch
 
+from bmtard import method_table
 from bmtard.accuracy import monitor as run_monitor
-from bmtard.checkpoint import ModelSpec, TrainingRecord, import_state_dict
+from bmtard.checkpoint import ModelSpec, TrainingRecord, import_state_dict, save_no_model
 from bmtard.config import CleanTeacherConfig, RobustTeacherConfig, RunConfig, to_dict
 from bmtard.execution import Execution
 from bmtard.io import sha256_file
@@ -17,11 +20,30 @@ from bmtard.provenance import code_version
 from bmtard.stage_data import StageData
 from bmtard.stop import StopRequest
 from bmtard.tracking import Tracker
-from bmtard.training_stage import Outputs, finish, train_and_save, write_model
+from bmtard.training_stage import (
+    Outputs,
+    finish,
+    finished_before,
+    train_and_save,
+    write_model,
+)
 
 log = logging.getLogger(__name__)
 
 TeacherConfig = CleanTeacherConfig | RobustTeacherConfig
+
+
+def write_not_needed(section: str, outputs: Outputs, methods: tuple[str, ...]) -> None:
+    """The outputs of a teacher stage whose teacher none of ``methods`` learns from: a file in
+    the model's place that names them (loading it fails with that reason), and curves of one
+    point, trained = 0 (no empty folders: git would not keep them for DVC)."""
+    names = ", ".join(methods)
+    reason = f"{section}: no teacher was trained: distill.method {names} learns from none here"
+    with Tracker(outputs.live, outputs.tb) as tracker:
+        tracker.log(0, {"trained": 0.0})
+        tracker.summary({"trained": False, "reason": reason})
+    save_no_model(outputs.model, reason)
+    log.info("%s; wrote %s in the model's place", reason, outputs.model)
 
 
 def _use_checkpoint(
@@ -65,8 +87,19 @@ def _teacher(
     device: torch.device,
     outputs: Outputs,
     stop: StopRequest | None,
+    methods: tuple[str, ...],
 ) -> None:
     spec = ModelSpec(cfg.arch, cfg.width, data.num_classes)
+    role = section.removesuffix("_teacher")
+    record = TrainingRecord(
+        stage=section, method=method_name, params=to_dict(cfg), data=data.splits,
+        code=code_version(),
+    )  # fmt: skip
+    if cfg.checkpoint is None and finished_before(section, outputs, record, run):
+        return  # e.g. rerun because distill.method changed to another method with this teacher
+    if not method_table.needs(methods, role):
+        write_not_needed(section, outputs, methods)
+        return
     if cfg.checkpoint is not None:
         _use_checkpoint(section, cfg, spec, run, data, device, outputs)
         return
@@ -82,13 +115,7 @@ def _teacher(
         run=run,
         device=device,
         outputs=outputs,
-        record=TrainingRecord(
-            stage=section,
-            method=method_name,
-            params=to_dict(cfg),
-            data=data.splits,
-            code=code_version(),
-        ),
+        record=record,
         execution=method.execution,
         stop=stop,
     )
@@ -101,10 +128,12 @@ def train_clean_teacher(
     device: torch.device,
     outputs: Outputs,
     stop: StopRequest | None = None,
+    methods: tuple[str, ...] = ("bmtard",),
 ) -> None:
-    """Standard training of the clean teacher (or import of ``cfg.checkpoint``)."""
+    """Standard training of the clean teacher (or import of ``cfg.checkpoint``), if one of
+    ``methods`` (``distill.method`` values) learns from it."""
     method = Standard(Execution.from_config(run, device))
-    _teacher("clean_teacher", "standard", method, run, cfg, data, device, outputs, stop)
+    _teacher("clean_teacher", "standard", method, run, cfg, data, device, outputs, stop, methods)
 
 
 def train_robust_teacher(
@@ -114,10 +143,12 @@ def train_robust_teacher(
     device: torch.device,
     outputs: Outputs,
     stop: StopRequest | None = None,
+    methods: tuple[str, ...] = ("bmtard",),
 ) -> None:
-    """TRADES or PGD-AT training of the robust teacher (or import of ``cfg.checkpoint``)."""
+    """TRADES or PGD-AT training of the robust teacher (or import of ``cfg.checkpoint``), if one
+    of ``methods`` (``distill.method`` values) learns from it."""
     ex = Execution.from_config(run, device)
     method = (
         TRADES(cfg.attack, cfg.trades_beta, ex) if cfg.method == "trades" else PGDAT(cfg.attack, ex)
     )
-    _teacher("robust_teacher", cfg.method, method, run, cfg, data, device, outputs, stop)
+    _teacher("robust_teacher", cfg.method, method, run, cfg, data, device, outputs, stop, methods)

@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 from bmtard.accuracy import monitor as run_monitor
-from bmtard.checkpoint import ModelSpec, TrainingRecord, save_model
+from bmtard.checkpoint import ModelSpec, TrainingRecord, save_model, saved_record
 from bmtard.config import MonitorConfig, OptimConfig, RunConfig, to_dict
 from bmtard.errors import BmtardError
 from bmtard.execution import Execution
 from bmtard.io import digest
 from bmtard.loader import Batches
-from bmtard.outputs import check_free_space, keep_last_good
+from bmtard.outputs import check_free_space, keep_last_good, last_good_copy, restore
 from bmtard.provenance import loaded_code_sha256
 from bmtard.schedule import should_monitor
 from bmtard.selection import Selection
@@ -56,12 +56,13 @@ def run_record(run: RunConfig) -> dict:
     return {k: v for k, v in to_dict(run).items() if k not in NOT_IN_KEY}
 
 
-def state_key(section: str, out: Path, record: TrainingRecord) -> str:
-    """Digest of what makes a run this run: stage, output, parameters, inputs and code."""
+def result_key(section: str, record: TrainingRecord) -> str:
+    """Digest of what makes a result this result: stage, parameters, inputs and code. Saved in
+    the model's record, with the model wherever it is copied (a DVC queue's temporary copy too):
+    a finished run with the same key needs no training (``finished_before``)."""
     return digest(
         [
             section,
-            str(out),
             record.run,
             record.params,
             record.method,
@@ -70,6 +71,12 @@ def state_key(section: str, out: Path, record: TrainingRecord) -> str:
             loaded_code_sha256(),
         ]
     )
+
+
+def state_key(section: str, out: Path, record: TrainingRecord) -> str:
+    """Digest of what makes a run this run: its result key and its output path (the name of
+    its saved training state)."""
+    return digest([result_key(section, record), str(out)])
 
 
 def train_and_save(
@@ -98,6 +105,7 @@ def train_and_save(
     (execution or Execution()).student(model)
     stop = StopRequest() if stop is None else stop  # (an unset request is falsy)
     record = dataclasses.replace(record, run=run_record(run))
+    key = result_key(section, record)  # now: modules imported later must not change it
     store = StateStore(run.state_dir, section, state_key(section, outputs.model, record))
     model_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     check_free_space(section, model_bytes, outputs.model, store.stage_dir)
@@ -148,13 +156,47 @@ def train_and_save(
             }
         )
         final = dataclasses.replace(
-            record, epoch=sel.best_epoch, selection=selection, selected_metrics=sel.best_metrics
+            record,
+            epoch=sel.best_epoch,
+            selection=selection,
+            selected_metrics=sel.best_metrics,
+            key=key,
         )
         if sel.weights is None:  # the last epoch is always monitored; NaN scores select none
             raise BmtardError(f"{section}: no epoch was selected (the monitor measured nothing)")
         write_model(section, outputs.model, spec, sel.weights, final, store)
     finish(outputs, run, store)
     return sel
+
+
+def finished_before(section: str, outputs: Outputs, record: TrainingRecord, run: RunConfig) -> bool:
+    """Whether this very run (the same stage, output, parameters, inputs and code: the same key)
+    already finished. Its outputs are then in place, or are put back from the last good copy
+    (Snakemake deletes them before it reruns a job), and nothing needs training. A run whose
+    training state is still saved has not finished."""
+    record = dataclasses.replace(record, run=run_record(run))
+    key = result_key(section, record)
+    store = StateStore(run.state_dir, section, state_key(section, outputs.model, record))
+    if store.path is not None and store.path.exists():
+        return False
+    paths = [outputs.model, outputs.live, outputs.tb]
+    if all(p.exists() for p in paths) and _key_of(outputs.model) == key:
+        log.info("%s: %s is this run's finished result: kept", section, outputs.model)
+        return True
+    if run.state_dir is None:
+        return False
+    folder = Path(run.state_dir) / "last-good"
+    copies = [last_good_copy(p, folder) for p in paths]
+    if all(c is not None and c.exists() for c in copies) and _key_of(copies[0]) == key:
+        restore(paths, folder)
+        log.info("%s: %s is this run's finished result: put back", section, copies[0])
+        return True
+    return False
+
+
+def _key_of(path: Path | None) -> str | None:
+    record = saved_record(path) if path is not None else None
+    return None if record is None else record.key
 
 
 def write_model(

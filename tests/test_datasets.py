@@ -515,3 +515,15 @@ def test_manifest_missing_fields(tmp_path, manifest, problem):
 def test_good_manifest(tmp_path):
     write_json(tmp_path / "manifest.json", GOOD_MANIFEST)
     assert load_manifest(tmp_path) == GOOD_MANIFEST
+
+
+def test_relative_local_root_is_from_the_project_also_in_a_dvc_queue_copy(tmp_path):
+    from bmtard.datasets import from_project
+
+    project = tmp_path / "proj"
+    copy = project / ".dvc" / "tmp" / "exps" / "tmpab12"
+    copy.mkdir(parents=True)
+    rel = Path("../shared/data")
+    assert from_project(rel, copy) == project / rel  # not copy / rel
+    assert from_project(rel, project) == rel  # the project itself: as written
+    assert from_project(tmp_path / "abs", copy) == tmp_path / "abs"

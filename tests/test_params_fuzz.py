@@ -66,8 +66,6 @@ KEYS = dict(fields_of(Params))  # dotted key -> type (a dataclass for a section)
 SECTIONS = [k for k, tp in KEYS.items() if dataclasses.is_dataclass(tp)]
 LEAVES = [k for k, tp in KEYS.items() if not dataclasses.is_dataclass(tp)]
 AT_DEPTH = {d: [k for k in KEYS if k.count(".") + 1 == d] for d in (1, 2, 3)}  # run, run.seed, ..
-LISTS = [k for k in LEAVES if typing.get_origin(KEYS[k]) is list]
-ORDERED_LISTS = [k for k in LISTS if k.endswith(("milestones", "eps_curve"))]
 
 
 def base(tp: typing.Any) -> typing.Any:
@@ -78,6 +76,10 @@ def base(tp: typing.Any) -> typing.Any:
 
 def nullable(tp: typing.Any) -> bool:
     return type(None) in typing.get_args(tp)
+
+
+LISTS = [k for k in LEAVES if typing.get_origin(base(KEYS[k])) is list]
+ORDERED_LISTS = [k for k in LISTS if k.endswith(("milestones", "eps_curve"))]
 
 
 NUMERIC = [k for k in LEAVES if base(KEYS[k]) in (int, float, list[int], list[float])]

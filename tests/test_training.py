@@ -350,7 +350,9 @@ def test_train_and_save_seed_drives_shuffle_and_augmentation(tmp_path, data):
         stage="t", method="m", epoch=1, selection="last", selected_metrics=sels[0].best_metrics,
         run={k: v for k, v in to_dict(RunConfig(seed=0)).items()
              if k not in ("save_every_minutes", "state_dir")},
+        key=info.record.key,
     )  # fmt: skip
+    assert len(info.record.key) == 64  # what made it (bmtard.training_stage.result_key)
 
 
 # --------------------------------------------------------------------------- imported teacher
@@ -457,7 +459,7 @@ def test_distill_end_to_end(tmp_path, data, rule):
     student, info = load_model(out)
     assert info.spec == ModelSpec("resnet18", WIDTH, 10)
     meta = info.record
-    assert meta.stage == "distill" and meta.method == "b_mtard"
+    assert meta.stage == "distill" and meta.method == "bmtard"
     assert meta.epoch == epoch and meta.selection == rule
     assert meta.params == to_dict(cfg)
     assert meta.code == code_version()

@@ -3,8 +3,7 @@ computes them: ARD, RSLAD and MTARD. Each is a per-batch loss like ``bmtard.meth
 (same protocol: ``batch_loss``, ``status``, ``state_dict``), with the same execution options
 (bf16 autocast with fp32 losses, layout) and no host-device synchronisation.
 
-Not yet selectable in the pipeline (a future ``distill.method``): library pieces, tested on
-hand-computed values and a few training steps.
+Selected by ``distill.method`` (``bmtard.distill.BUILDERS``, ``bmtard.method_table``).
 """
 
 from __future__ import annotations
@@ -153,7 +152,9 @@ class MTARDWeights:
         self.w_adv = 1 - self.w_nat
 
     def status(self) -> dict[str, float]:
-        return {"w_adv": float(self.w_adv), "w_nat": float(self.w_nat)}
+        """The same curves as B-MTARD's (its temperatures stay 1), to compare them side by side."""
+        names = ("tau_adv", "tau_nat", "w_adv", "w_nat")
+        return {n: float(getattr(self, n)) for n in names}
 
     def state_dict(self) -> dict:
         return {

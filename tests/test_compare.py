@@ -1,0 +1,159 @@
+"""python -m bmtard.compare: runs of either engine gathered into one table and one picture."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from bmtard import attack_table
+from bmtard.compare import (
+    COLUMNS,
+    gather,
+    main,
+    parse_exp_show,
+    points,
+    rows,
+    to_markdown,
+    write_comparison,
+)
+from bmtard.reported import REPORTED
+
+from conftest import ROOT
+
+PARAMS = yaml.safe_load((ROOT / "presets" / "quick.yaml").read_text())
+
+
+def _metrics(clean: float, aa: float | None, passed: bool | None = True) -> dict:
+    acc = {"clean": clean, "fgsm": clean - 20, "pgd_sat": clean - 30, "pgd_trades": clean - 29,
+           "cw_inf": clean - 32}  # fmt: skip
+    if aa is not None:
+        acc["autoattack"] = aa
+    out = {
+        "accuracy": acc,
+        "weighted_robust": {k: (clean + v) / 2 for k, v in acc.items() if k != "clean"},
+    }
+    if passed is not None:
+        out["sanity"] = {"passed": passed, "n_failed": 0 if passed else 1}
+    return out
+
+
+def _params(method: str, seed: int = 0) -> dict:
+    p = json.loads(json.dumps(PARAMS))
+    p["distill"]["method"], p["run"]["seed"] = method, seed
+    return p
+
+
+def _finished(folder, method, seed, metrics) -> None:
+    (folder / "metrics").mkdir(parents=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(_params(method, seed)))
+    (folder / "metrics" / "evaluate.json").write_text(json.dumps(metrics))
+
+
+def test_columns_follow_the_protocol_table():
+    assert [h for h, _ in COLUMNS] == ["Clean", *(a.column for a in attack_table.ATTACKS)]
+    assert [h for h, _ in COLUMNS] == [
+        "Clean",
+        "FGSM",
+        "PGD-SAT",
+        "PGD-TRADES",
+        "CW∞",
+        "AA",
+    ]  # fmt: skip  (the paper's order)
+
+
+def test_workspace_and_grid_runs_in_one_table(tmp_path):
+    _finished(tmp_path, "bmtard", 0, _metrics(80.0, 40.0))
+    _finished(tmp_path / "results" / "method-sat_seed-1", "sat", 1, _metrics(70.0, 45.0, False))
+    (tmp_path / "results" / "method-ard_seed-0").mkdir()  # not finished: left out
+    runs = gather(tmp_path, use_dvc=False)
+    assert [(r.name, r.engine, r.label, r.seed, r.sanity) for r in runs] == [
+        ("workspace", "workspace", "B-MTARD", 0, "passed"),
+        ("method-sat_seed-1", "snakemake", "SAT", 1, "failed"),
+    ]
+    table = rows(runs)
+    assert list(table[0]) == [
+        "Experiment", "Engine", "Method", "Student", "Dataset", "Seed",
+        "Clean", "FGSM", "PGD-SAT", "PGD-TRADES", "CW∞", "AA", "W-Robust", "Sanity",
+    ]  # fmt: skip
+    assert table[1]["W-Robust"] == 57.5 and table[1]["AA"] == 45.0
+    md = to_markdown(table).splitlines()
+    assert md[0].startswith("| Experiment | Engine | Method |") and md[0].endswith("| Sanity |")
+    assert md[3] == (
+        "| method-sat_seed-1 | snakemake | SAT | resnet18 | cifar10 | 1 | 70.00 | 50.00 | 40.00 "
+        "| 41.00 | 38.00 | 45.00 | 57.50 | failed |"
+    )
+
+
+def test_missing_attacks_and_checks_are_marked_not_invented(tmp_path):
+    _finished(tmp_path, "rslad", 0, _metrics(60.0, None, passed=None))
+    (row,) = rows(gather(tmp_path, use_dvc=False))
+    assert row["AA"] is None and row["W-Robust"] is None and row["Sanity"] == "not run"
+    assert "| 60.00 | 40.00 | 30.00 | 31.00 | 28.00 | — | — | not run |" in to_markdown([row])
+    assert points(gather(tmp_path, use_dvc=False))[0]["source"].startswith("reported")
+
+
+def test_dvc_experiments_are_read_from_exp_show_json():
+    shown = [
+        {"rev": "workspace", "name": None, "data": {}, "experiments": None},
+        {
+            "rev": "abc",
+            "name": "main",
+            "data": {},
+            "experiments": [
+                {"revs": [{"rev": "e1", "name": "quick-vole", "data": {
+                    "params": {"params.yaml": {"data": _params("sat", 3)}},
+                    "metrics": {"metrics/evaluate.json": {"data": _metrics(70.0, 41.0)}},
+                }}]},
+                {"revs": [{"rev": "e2", "name": "queued-one", "data": {}}]},
+            ],
+        },
+    ]  # fmt: skip
+    (run,) = parse_exp_show(shown)
+    assert (run.name, run.engine, run.method, run.seed, run.accuracy["autoattack"]) == (
+        "quick-vole", "dvc", "sat", 3, 41.0,
+    )  # fmt: skip
+
+
+def test_files_and_picture(tmp_path):
+    _finished(tmp_path, "bmtard", 0, _metrics(85.0, 45.0))
+    _finished(tmp_path / "results" / "a", "sat", 0, _metrics(80.0, 44.0))
+    out = tmp_path / "comparison"
+    written = write_comparison(gather(tmp_path, use_dvc=False), out)
+    assert [p.name for p in written] == [
+        "comparison.csv", "comparison.md", "tradeoff.csv", "tradeoff-cifar10.png",
+    ]  # fmt: skip
+    png = (out / "tradeoff-cifar10.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
+    with open(out / "tradeoff.csv") as f:
+        pts = list(csv.DictReader(f))
+    runs = [p for p in pts if p["source"] == "run"]
+    assert [(p["name"], p["method"], float(p["clean"])) for p in runs] == [
+        ("workspace", "B-MTARD", 85.0),
+        ("a", "SAT", 80.0),
+    ]
+    ref = [p for p in pts if p["source"] != "run"]
+    assert len(ref) == sum(r.dataset == "cifar10" for r in REPORTED)
+    assert all(p["name"].endswith("(reported)") for p in ref)
+    assert ("B-MTARD (reported)", 88.2, 47.44) in [
+        (p["name"], float(p["clean"]), float(p["autoattack"])) for p in ref
+    ]
+
+
+def test_nothing_to_compare_is_one_line(tmp_path, capsys):
+    assert main(["--root", str(tmp_path), "--no-dvc", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path}: no finished experiment")
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("bad", ["{", "[1, 2"])
+def test_an_unreadable_run_is_skipped_with_a_warning(tmp_path, bad, caplog):
+    _finished(tmp_path / "results" / "good", "sat", 0, _metrics(70.0, 40.0))
+    _finished(tmp_path / "results" / "bad", "sat", 0, _metrics(70.0, 40.0))
+    (tmp_path / "results" / "bad" / "metrics" / "evaluate.json").write_text(bad)
+    runs = gather(tmp_path, use_dvc=False)
+    assert [r.name for r in runs] == ["good"]
+    assert "skipped" in caplog.text

@@ -1,0 +1,111 @@
+"""A 2-method x 1-seed grid (SAT, RSLAD) through each engine on the tiny preset: the robust
+teacher is trained once, the clean one never (neither method learns from it), each experiment
+has its own outputs, and python -m bmtard.compare gathers them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import require_sample
+from pipeline_helpers import BIN, copy_project, dvc_ran, git, run, snakemake_ran
+
+pytestmark = pytest.mark.slow
+
+DVC = str(BIN / "dvc")
+SNAKEMAKE = [str(BIN / "snakemake"), "--cores", "4", "--resources", "gpu=1"]
+GRID = {"distill.method": ["sat", "rslad"], "run.seed": [0]}
+NAMES = ["method-sat_seed-0", "method-rslad_seed-0"]
+# AutoAttack on a barely trained tiny student takes minutes on a CPU: left out here
+FAST = {"evaluate.attacks": ["fgsm", "pgd_sat"], "evaluate.sanity.enabled": False}
+
+
+def _compare(repo, *flags) -> list[dict]:
+    proc = run(repo, str(BIN / "python"), "-m", "bmtard.compare", *flags)
+    assert "| Experiment |" in proc.stdout
+    return json.loads(json.dumps(list(_csv(repo / "comparison" / "comparison.csv"))))
+
+
+def _csv(path):
+    import csv
+
+    with open(path) as f:
+        yield from csv.DictReader(f)
+
+
+def _no_teacher_file(path) -> bool:
+    from bmtard.checkpoint import saved_record
+
+    return saved_record(path) is None and b"no teacher was trained" in path.read_bytes()
+
+
+def test_snakemake_grid(tmp_path):
+    require_sample()
+    repo = copy_project(tmp_path / "snake", FAST)
+    (repo / "grid.yaml").write_text(yaml.safe_dump({"grid": GRID}))
+    proc = run(repo, *SNAKEMAKE, "--configfile", "grid.yaml")
+    ran = snakemake_ran(proc.stderr + proc.stdout)
+    assert sorted(ran) == sorted(
+        ["download", "train_clean_teacher", "train_robust_teacher"]
+        + ["grid_params", "distill_grid", "evaluate_grid"] * 2
+    )
+    logs = {r: (repo / "logs" / f"train_{r}_teacher.log").read_text() for r in ("clean", "robust")}
+    assert "robust_teacher: 100 train images" in logs["robust"]  # its one job trained it
+    assert "clean_teacher: 100 train images" not in logs["clean"]
+    assert _no_teacher_file(repo / "models" / "clean_teacher.pt")
+    for name, method in zip(NAMES, ("sat", "rslad"), strict=True):
+        exp = repo / "results" / name
+        card = json.loads((exp / "models" / "student.card.json").read_text())
+        assert card["training"]["method"] == method
+        assert list(card["training"].get("teachers", {})) == ([] if method == "sat" else ["robust"])
+        assert yaml.safe_load((exp / "params.yaml").read_text())["distill"]["method"] == method
+        assert (exp / "metrics" / "evaluate.json").is_file()
+        assert list((exp / "runs" / "distill").glob("events.out.tfevents.*"))
+    assert not (repo / "models" / "student.pt").exists()  # the grid only
+    again = run(repo, *SNAKEMAKE, "--configfile", "grid.yaml")
+    assert snakemake_ran(again.stderr + again.stdout) == []
+    table = _compare(repo, "--no-dvc")
+    assert [(r["Experiment"], r["Engine"], r["Method"]) for r in table] == [
+        ("method-rslad_seed-0", "snakemake", "RSLAD"),
+        ("method-sat_seed-0", "snakemake", "SAT"),
+    ]
+
+
+def test_dvc_queue_grid(tmp_path):
+    """The teachers of rslad first (the robust one trained, the clean one not), committed; then
+    the grid queued and run: no experiment trains a teacher (the sat experiment reruns the
+    teacher stages, whose command names the method: the robust teacher is kept, the clean one
+    still not trained)."""
+    require_sample()
+    repo = copy_project(tmp_path / "dvc", {**FAST, "distill.method": "rslad"})
+    teachers = ["train_clean_teacher", "train_robust_teacher"]
+    assert dvc_ran(run(repo, DVC, "repro", *teachers).stdout) == ["download", *teachers]
+    assert _no_teacher_file(repo / "models" / "clean_teacher.pt")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "teachers")
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train_robust_teacher"]
+    robust = "models/robust_teacher.pt"
+    trained = next(o["md5"] for o in lock["outs"] if o["path"] == robust)
+    run(repo, DVC, "exp", "run", "--queue", "-S", "distill.method=sat,rslad", "-S", "run.seed=0")
+    proc = run(repo, DVC, "exp", "run", "--run-all", "-j", "1")
+    shown = json.loads(run(repo, DVC, "exp", "show", "--json").stdout)
+    exps = [r for c in shown for e in c.get("experiments") or [] for r in e["revs"]]
+    assert len(exps) == 2, proc.stdout + proc.stderr
+    for exp in exps:
+        assert exp["data"]["outs"][robust]["hash"] == trained, exp["name"]
+        method = exp["data"]["params"]["params.yaml"]["data"]["distill"]["method"]
+        log = run(repo, DVC, "queue", "logs", exp["name"]).stdout
+        assert "Running stage 'distill'" in log  # the log is this experiment's run
+        assert "teacher: 100 train images" not in log  # no teacher was trained
+        if method == "sat":
+            assert (
+                "robust_teacher: models/robust_teacher.pt is this run's finished result: kept"
+                in log
+            )
+            assert "clean_teacher: no teacher was trained" in log
+        else:
+            assert "Running stage 'train_" not in log, log[-3000:]
+    table = _compare(repo)
+    assert sorted((r["Engine"], r["Method"]) for r in table) == [("dvc", "RSLAD"), ("dvc", "SAT")]
