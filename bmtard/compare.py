@@ -240,66 +240,56 @@ def _reported_point(p: Reported) -> dict[str, Any]:
     }
 
 
+#: marker shapes of the published points, one per method (runs are filled circles)
+REPORTED_MARKERS = ("D", "s", "^", "v", "P", "X", "*", "h")
+
+
 def plot(pts: list[dict[str, Any]], dataset: str, path: Path) -> None:
-    """Clean (x) against AutoAttack (y) accuracy on ``dataset``: runs filled and coloured by
-    method, published points as hollow black markers labelled '(reported)'."""
+    """Clean (x) against AutoAttack (y) accuracy on ``dataset``: runs as filled circles coloured
+    by method, published points as hollow black markers, one shape per method; the legend names
+    both (text labels beside the points would overlap where runs cluster)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
     mine = [p for p in pts if p["dataset"] == dataset]
-    methods = sorted({p["method"] for p in mine if p["source"] == "run"})
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
-    for m in methods:
-        xs = [p for p in mine if p["source"] == "run" and p["method"] == m]
+    runs = [p for p in mine if p["source"] == "run"]
+    ref = [p for p in mine if p["source"] != "run"]
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    for i, m in enumerate(sorted({p["method"] for p in runs})):
+        xs = [p for p in runs if p["method"] == m]
         ax.scatter(
             [p["clean"] for p in xs],
             [p["autoattack"] for p in xs],
             s=45,
-            color=colours[m],
-            label=m,
+            color=plt.get_cmap("tab10")(i % 10),
+            alpha=0.85,
+            label=f"{m} ({len(xs)} run{'s' if len(xs) > 1 else ''})",
             zorder=3,
         )
-        for p in xs:
-            ax.annotate(
-                p["name"],
-                (p["clean"], p["autoattack"]),
-                fontsize=7,
-                xytext=(4, 3),
-                textcoords="offset points",
-            )
-    ref = [p for p in mine if p["source"] != "run"]
-    if ref:
+    for i, p in enumerate(ref):
         ax.scatter(
-            [p["clean"] for p in ref],
-            [p["autoattack"] for p in ref],
-            s=55,
+            [p["clean"]],
+            [p["autoattack"]],
+            s=60,
             facecolors="none",
             edgecolors="black",
-            marker="D",
-            label="reported",
+            marker=REPORTED_MARKERS[i % len(REPORTED_MARKERS)],
+            label=p["name"],
             zorder=2,
         )
-        for p in ref:
-            ax.annotate(
-                p["name"],
-                (p["clean"], p["autoattack"]),
-                fontsize=7,
-                xytext=(4, -9),
-                textcoords="offset points",
-            )
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel("AutoAttack accuracy (%), eps 8/255")
     ax.set_title(f"{dataset}: clean vs robust accuracy, one point per run")
     ax.grid(alpha=0.3)
-    ax.margins(x=0.12, y=0.08)  # room for the labels
-    ax.legend(fontsize=8, loc="best")
+    ax.margins(x=0.08, y=0.08)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.text(
         0.01,
         0.01,
-        f"not in the reference: {', '.join(MISSING)} (no published number in the spec)",
+        f"reported: published numbers (bmtard/reported.py); not in it: {', '.join(MISSING)} "
+        "(no published number in the spec)",
         fontsize=6,
         color="gray",
     )

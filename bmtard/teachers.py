@@ -1,6 +1,6 @@
 """The two teacher stages: train a teacher, or take a published checkpoint instead; neither when
 no method of the run learns from it (``bmtard.method_table``): the stage then writes a file in
-the model's place that says so, and no curves."""
+the model's place, and curves, that say no teacher was trained."""
 
 from __future__ import annotations
 

@@ -105,7 +105,7 @@ def train_and_save(
     (execution or Execution()).student(model)
     stop = StopRequest() if stop is None else stop  # (an unset request is falsy)
     record = dataclasses.replace(record, run=run_record(run))
-    key = result_key(section, record)  # now: modules imported later must not change it
+    key = result_key(section, record)  # before training: later imports must not change it
     store = StateStore(run.state_dir, section, state_key(section, outputs.model, record))
     model_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     check_free_space(section, model_bytes, outputs.model, store.stage_dir)
