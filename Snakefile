@@ -31,9 +31,8 @@ from bmtard.config import load_params
 from bmtard.errors import BmtardError
 from snakemake.exceptions import WorkflowError
 
-GRID = config.pop(
-    "grid", None
-)  # from --configfile: the one key that is not in params.yaml
+# from --configfile: the one key that is not in params.yaml
+GRID = config.pop("grid", None)
 # validates every parameter (and refuses repeated keys) before any job runs
 load_params(Path(workflow.basedir, "params.yaml"))
 with open(Path(workflow.basedir, "params.yaml")) as f:
@@ -43,9 +42,8 @@ with open(Path(workflow.basedir, "params.yaml")) as f:
             "(--configfile may add a grid only)"
         )
 EXPERIMENTS = [] if GRID is None else grids.expand(GRID)
-EXP_PARAMS = {
-    e.name: grids.experiment_params(config, e)[0] for e in EXPERIMENTS
-}  # validated
+# each experiment's params, validated before any job
+EXP_PARAMS = {e.name: grids.experiment_params(config, e)[0] for e in EXPERIMENTS}
 METHODS = (
     ",".join(grids.methods(config, EXPERIMENTS))
     if EXPERIMENTS
@@ -106,9 +104,8 @@ for name, stage in STAGES.items():
     }
     if reads & {"distill", "evaluate"} or after:
         PER_EXPERIMENT.append(name)
-MOVED = {
-    p for s in PER_EXPERIMENT for p in stage_outputs(STAGES[s])
-}  # -> results/<exp>/...
+# their outputs, which each experiment writes under results/<exp>/
+MOVED = {p for s in PER_EXPERIMENT for p in stage_outputs(STAGES[s])}
 
 
 def in_experiment(path):
