@@ -75,6 +75,9 @@ def expand(grid: Any) -> list[Experiment]:
     for combo in itertools.product(*(grid[k] for k in keys)):
         overrides = dict(zip(keys, combo, strict=True))
         name = "_".join(_part(k, v, full) for k, v in overrides.items())
+        if any(e.name == name for e in out):
+            raise ParamsError(f"grid: two experiments would both be named {name!r} (values that "
+                              "differ only in characters a folder name cannot hold)")  # fmt: skip
         out.append(Experiment(name, overrides))
     return out
 

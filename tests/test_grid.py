@@ -39,6 +39,7 @@ def test_keys_that_end_alike_are_named_in_full():
         ({"run.seed": [1, 1]}, "grid key run.seed: a value is listed twice"),
         ({"run.seed": [[1]]}, "grid key run.seed: [1] is not a number, string or boolean"),
         ({}, "grid = {}: expected a mapping of keys to lists of values"),
+        ({"distill.arch": ["a/b", "a b"]}, "grid: two experiments would both be named 'arch-a-b'"),
         (["run.seed"], "grid = ['run.seed']: expected a mapping"),
     ],
 )
