@@ -76,8 +76,10 @@ def expand(grid: Any) -> list[Experiment]:
         overrides = dict(zip(keys, combo, strict=True))
         name = "_".join(_part(k, v, full) for k, v in overrides.items())
         if any(e.name == name for e in out):
-            raise ParamsError(f"grid: two experiments would both be named {name!r} (values that "
-                              "differ only in characters a folder name cannot hold)")  # fmt: skip
+            raise ParamsError(
+                f"grid: two experiments would both be named {name!r} (values that differ only "
+                "in characters a folder name cannot hold)"
+            )
         out.append(Experiment(name, overrides))
     return out
 
