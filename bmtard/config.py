@@ -140,6 +140,16 @@ class TrainAttackConfig:
     # null (distill.attack only): the method's (bmtard.method_table).
     init: str | None = _spec("gaussian", choices=TRAIN_INITS)
 
+    def pgd_args(self) -> dict[str, Any]:
+        """The keyword arguments of ``bmtard.attacks.pgd`` (eps and step_size in pixel units,
+        converted by ``attack_table.pixels``); ``init`` resolved (not null)."""
+        return {
+            "eps": attack_table.pixels(self.eps),
+            "step_size": attack_table.pixels(self.step_size),
+            "steps": self.steps,
+            "init": self.init,
+        }
+
 
 def _no_method_defaults(optim: OptimConfig, attack: TrainAttackConfig | None = None) -> None:
     """Teachers have no method table: their schedule and attack start must be given."""

@@ -57,15 +57,7 @@ def keep_last_good(paths: list[Path], folder: Path) -> None:
         target = last_good_copy(path, folder)
         if target is None or not path.exists():
             continue
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_dir():
-            shutil.copytree(path, target, copy_function=_link_or_copy)
-        else:
-            _link_or_copy(path, target)
+        _copy(path, target)
 
 
 def last_good_copy(path: Path, folder: Path) -> Path | None:
@@ -85,18 +77,23 @@ def restore(paths: list[Path], folder: Path) -> None:
         if copy is None or not copy.exists():
             continue
         tmp = path.with_name(f".{path.name}.restore")
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        elif tmp.exists():
-            tmp.unlink()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if copy.is_dir():
-            shutil.copytree(copy, tmp, copy_function=_link_or_copy)
-        else:
-            _link_or_copy(copy, tmp)
+        _copy(copy, tmp)
         if path.is_dir():
             shutil.rmtree(path)
         os.replace(tmp, path)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Replace ``dst`` (file or folder) with a copy of ``src``, large files hard-linked."""
+    if dst.is_dir():
+        shutil.rmtree(dst)
+    elif dst.exists():
+        dst.unlink()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(src, dst)
 
 
 def _link_or_copy(src: str | Path, dst: str | Path) -> None:

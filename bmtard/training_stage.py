@@ -73,10 +73,10 @@ def result_key(section: str, record: TrainingRecord) -> str:
     )
 
 
-def state_key(section: str, out: Path, record: TrainingRecord) -> str:
-    """Digest of what makes a run this run: its result key and its output path (the name of
-    its saved training state)."""
-    return digest([result_key(section, record), str(out)])
+def state_key(result: str, out: Path) -> str:
+    """Digest of what makes a run this run: its result key (``result_key``) and its output
+    path (the name of its saved training state)."""
+    return digest([result, str(out)])
 
 
 def train_and_save(
@@ -106,7 +106,7 @@ def train_and_save(
     stop = StopRequest() if stop is None else stop  # (an unset request is falsy)
     record = dataclasses.replace(record, run=run_record(run))
     key = result_key(section, record)  # before training: later imports must not change it
-    store = StateStore(run.state_dir, section, state_key(section, outputs.model, record))
+    store = StateStore(run.state_dir, section, state_key(key, outputs.model))
     model_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     check_free_space(section, model_bytes, outputs.model, store.stage_dir)
     for other in store.others():
@@ -176,7 +176,7 @@ def finished_before(section: str, outputs: Outputs, record: TrainingRecord, run:
     training state is still saved has not finished."""
     record = dataclasses.replace(record, run=run_record(run))
     key = result_key(section, record)
-    store = StateStore(run.state_dir, section, state_key(section, outputs.model, record))
+    store = StateStore(run.state_dir, section, state_key(key, outputs.model))
     if store.path is not None and store.path.exists():
         return False
     paths = [outputs.model, outputs.live, outputs.tb]

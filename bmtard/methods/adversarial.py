@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bmtard.attack_table import pixels
 from bmtard.attacks.pgd import pgd, pgd_ce
 from bmtard.config import TrainAttackConfig
 from bmtard.execution import Execution, logits32
@@ -28,10 +27,7 @@ class PGDAT(Stateless):
         a, ex = self.attack, self.execution
         model.eval()
         with ex.autocast():
-            x_adv = pgd_ce(
-                model, ex.layout(x), y, eps=pixels(a.eps), step_size=pixels(a.step_size),
-                steps=a.steps, init=a.init,
-            )  # fmt: skip
+            x_adv = pgd_ce(model, ex.layout(x), y, **a.pgd_args())
             model.train()
             logits = logits32(model(x_adv))
         loss = F.cross_entropy(logits, y)
@@ -65,10 +61,7 @@ class TRADES(Stateless):
             def kl_sum(logits: Tensor) -> Tensor:  # fp32, whatever the autocast
                 return F.kl_div(F.log_softmax(logits32(logits), dim=1), p_clean, reduction="sum")
 
-            x_adv = pgd(
-                model, x, kl_sum, eps=pixels(a.eps), step_size=pixels(a.step_size), steps=a.steps,
-                init=a.init,
-            )  # fmt: skip
+            x_adv = pgd(model, x, kl_sum, **a.pgd_args())
             model.train()
             logits = logits32(model(x))
             logits_adv = logits32(model(x_adv))

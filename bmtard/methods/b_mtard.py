@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from bmtard.attack_table import pixels
 from bmtard.attacks.pgd import pgd_ce
 from bmtard.balance import Balance
 from bmtard.config import TrainAttackConfig
@@ -47,10 +46,7 @@ class BMTARD:
         x = ex.layout(x)
         model.eval()  # BN uses running statistics while crafting
         with ex.autocast():
-            x_adv = pgd_ce(
-                model, x, y, eps=pixels(a.eps), step_size=pixels(a.step_size), steps=a.steps,
-                init=a.init,
-            )  # fmt: skip
+            x_adv = pgd_ce(model, x, y, **a.pgd_args())
             model.train()
             z_sa = logits32(model(x_adv))
             z_sn = logits32(model(x))

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bmtard.attack_table import pixels
 from bmtard.attacks.pgd import pgd, pgd_ce
 from bmtard.balance import reference_losses
 from bmtard.config import TrainAttackConfig
@@ -51,10 +50,7 @@ class ARD(Stateless):
         x = ex.layout(x)
         model.train()
         with ex.autocast():
-            x_adv = pgd_ce(
-                model, x, y, eps=pixels(a.eps), step_size=pixels(a.step_size), steps=a.steps,
-                init=a.init,
-            )  # fmt: skip
+            x_adv = pgd_ce(model, x, y, **a.pgd_args())
             z_adv = logits32(model(x_adv))
             z_nat = logits32(model(x))
         z_t = ex.teacher_logits(self.teacher, x)
@@ -96,10 +92,7 @@ class RSLAD(Stateless):
 
         model.eval()
         with ex.autocast():
-            x_adv = pgd(
-                model, x, kl_sum, eps=pixels(a.eps), step_size=pixels(a.step_size),
-                steps=a.steps, init=a.init,
-            )  # fmt: skip
+            x_adv = pgd(model, x, kl_sum, **a.pgd_args())
             model.train()
             z_adv = logits32(model(x_adv))
             z_nat = logits32(model(x))
