@@ -23,13 +23,13 @@ from typing import Any
 
 import yaml
 
-from bmtard import attack_table, method_table
+from bmtard import attack_table, dataset_table, method_table
 from bmtard.errors import ParamsError
 
 # The architecture names that bmtard.models builds (a test keeps the two lists equal; config does
 # not import the models so that the data stage does not depend on model code).
-ARCHS = ("resnet18", "preact_resnet18", "mobilenet_v2", "resnet56", "wrn34_10")
-DATASETS = ("cifar10", "cifar100")
+ARCHS = ("resnet18", "preact_resnet18", "mobilenet_v2", "resnet56", "wrn34_10", "wrn70_16")
+DATASETS = dataset_table.NAMES
 METHODS = method_table.NAMES
 TRAIN_INITS = ("gaussian", "uniform", "uniform_unclamped")
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
@@ -50,6 +50,7 @@ MAX_WIDTH = 8  # channel multiplier (the presets use 0.05 .. 1.0)
 MAX_LR = 100
 MAX_TAU = 1000  # temperatures and their step
 MAX_SAVE_MINUTES = 7 * 24 * 60  # a week
+MAX_KL_SCALE = 1000
 
 
 def _spec(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
@@ -93,13 +94,14 @@ class RunConfig:
 class DataConfig:
     """Where the images come from and how many are kept."""
 
-    dataset: str = _spec("cifar10", choices=DATASETS)
-    # An existing `cifar-10-batches-py` / `cifar-100-python` folder (or the folder holding it),
-    # for machines without internet. null: download with torchvision into download_root.
+    dataset: str = _spec("cifar10", choices=DATASETS)  # bmtard.dataset_table
+    # An existing `cifar-10-batches-py` / `cifar-100-python` / `tiny-imagenet-200` folder (or the
+    # folder holding it), for machines without internet. null: download into download_root.
     local_root: str | None = None
     download_root: str = "data/raw"
-    # The official MD5 check. Set false only for a local subset (its files cannot match the MD5s);
-    # the SHA-256 of every file read is recorded in the manifest either way.
+    # The official MD5 check (for a local Tiny-ImageNet folder, which has no per-file MD5s: that it
+    # is complete, 500 train and 50 val images per class). Set false only for a local subset;
+    # the SHA-256 of what was read is recorded in the manifest either way.
     verify_md5: bool = True
     train_limit: int | None = _spec(None, ge=1, le=MAX_IMAGES)  # balanced per class; null = all
     test_limit: int | None = _spec(None, ge=1, le=MAX_IMAGES)
@@ -176,9 +178,10 @@ class MonitorConfig:
 
 @dataclass(frozen=True)
 class CleanTeacherConfig:
-    """Standard (non-adversarial) training of the clean teacher."""
+    """Standard (non-adversarial) training of the clean teacher. A null ``arch`` is the dataset's
+    (``bmtard.dataset_table``, filled in by ``resolved``)."""
 
-    arch: str = _spec("resnet56", choices=ARCHS)
+    arch: str | None = _spec("resnet56", choices=ARCHS)
     width: float = _spec(1.0, gt=0, le=MAX_WIDTH)
     # the teacher's own seed (in place of run.seed), so that a student seed grid shares it
     seed: int = _spec(0, ge=0, le=MAX_SEED)
@@ -195,12 +198,17 @@ class CleanTeacherConfig:
     def __post_init__(self) -> None:
         _no_method_defaults(self.optim)
 
+    def resolved(self, dataset: str) -> CleanTeacherConfig:
+        """This config with a null ``arch`` replaced by ``dataset``'s clean teacher."""
+        return _with_arch(self, dataset_table.dataset(dataset).clean_teacher)
+
 
 @dataclass(frozen=True)
 class RobustTeacherConfig:
-    """Adversarial training of the robust teacher: TRADES (default) or PGD-AT (Madry)."""
+    """Adversarial training of the robust teacher: TRADES (default) or PGD-AT (Madry). A null
+    ``arch`` is the dataset's (``bmtard.dataset_table``, filled in by ``resolved``)."""
 
-    arch: str = _spec("wrn34_10", choices=ARCHS)
+    arch: str | None = _spec("wrn34_10", choices=ARCHS)
     width: float = _spec(1.0, gt=0, le=MAX_WIDTH)
     seed: int = _spec(0, ge=0, le=MAX_SEED)  # the teacher's own seed (in place of run.seed)
     checkpoint: str | None = None
@@ -216,6 +224,15 @@ class RobustTeacherConfig:
 
     def __post_init__(self) -> None:
         _no_method_defaults(self.optim, self.attack)
+
+    def resolved(self, dataset: str) -> RobustTeacherConfig:
+        """This config with a null ``arch`` replaced by ``dataset``'s robust teacher."""
+        return _with_arch(self, dataset_table.dataset(dataset).robust_teacher)
+
+
+def _with_arch(cfg: Any, arch: str) -> Any:
+    """``cfg`` with ``arch`` where its own is null."""
+    return cfg if cfg.arch is not None else dataclasses.replace(cfg, arch=arch)
 
 
 @dataclass(frozen=True)
@@ -251,10 +268,11 @@ class ARDConfig:
 class DistillConfig:
     """Training of the student: B-MTARD, or a baseline of the paper's comparison
     (``bmtard.method_table``). Null ``optim.epochs``, ``optim.milestones`` and ``attack.init``
-    take the method's published values (``resolved``)."""
+    take the method's published values, a null ``arch`` and ``kl_scale`` the dataset's
+    (``bmtard.dataset_table``); ``resolved`` fills them in."""
 
     method: str = _spec("bmtard", choices=METHODS)
-    arch: str = _spec("resnet18", choices=ARCHS)
+    arch: str | None = _spec("resnet18", choices=ARCHS)
     width: float = _spec(1.0, gt=0, le=MAX_WIDTH)
     optim: OptimConfig = field(default_factory=OptimConfig)
     attack: TrainAttackConfig = field(default_factory=TrainAttackConfig)
@@ -264,14 +282,19 @@ class DistillConfig:
     # mean: torch.mean over batch x classes, i.e. KL / C (the official code);
     # batchmean: the KL divergence averaged over the batch (the textbook scale).
     kl_reduction: str = _spec("mean", choices=("mean", "batchmean"))
+    # the factor on the KL terms of rslad, mtard and bmtard; null: the official convention, x 10
+    # on CIFAR-100 (the mean over 100 classes), 1 elsewhere (bmtard.dataset_table)
+    kl_scale: float | None = _spec(1.0, gt=0, le=MAX_KL_SCALE)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     # best: highest (clean + PGD-20)/2 on the monitor, i.e. selected on the test set
     # (the official code); last: the final epoch, with no test-set selection.
     checkpoint: str = _spec("best", choices=("best", "last"))
 
-    def resolved(self) -> DistillConfig:
-        """This config with every null replaced by the method's published value."""
+    def resolved(self, dataset: str) -> DistillConfig:
+        """This config with every null replaced by the method's published value or, for ``arch``
+        and ``kl_scale``, by ``dataset``'s."""
         spec = method_table.method(self.method)
+        data = dataset_table.dataset(dataset)
         o, a = self.optim, self.attack
         optim = dataclasses.replace(
             o,
@@ -279,9 +302,15 @@ class DistillConfig:
             milestones=list(spec.milestones) if o.milestones is None else o.milestones,
         )
         attack = dataclasses.replace(a, init=spec.init if a.init is None else a.init)
-        if optim == o and attack == a:
-            return self
-        return dataclasses.replace(self, optim=optim, attack=attack)
+        convention = data.kl_scale if spec.kl_convention else 1.0
+        out = dataclasses.replace(
+            self,
+            arch=data.student if self.arch is None else self.arch,
+            kl_scale=convention if self.kl_scale is None else self.kl_scale,
+            optim=optim,
+            attack=attack,
+        )
+        return self if out == self else out
 
 
 @dataclass(frozen=True)

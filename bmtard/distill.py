@@ -47,18 +47,20 @@ def _ard(cfg: DistillConfig, t: Teachers, ex: Execution, device: torch.device) -
 
 
 def _rslad(cfg: DistillConfig, t: Teachers, ex: Execution, device: torch.device) -> Method:
-    return RSLAD(t[ROBUST], cfg.attack, kl_reduction=cfg.kl_reduction, execution=ex)
+    return RSLAD(
+        t[ROBUST], cfg.attack, kl_reduction=cfg.kl_reduction, execution=ex, kl_scale=cfg.kl_scale
+    )
 
 
 def _mtard(cfg: DistillConfig, t: Teachers, ex: Execution, device: torch.device) -> Method:
     b = cfg.balance
     weights = MTARDWeights.start(b.w_adv_init, b.weight_lr, device=device)
-    return MTARD(t[ROBUST], t[CLEAN], cfg.attack, weights, cfg.kl_reduction, ex)
+    return MTARD(t[ROBUST], t[CLEAN], cfg.attack, weights, cfg.kl_reduction, ex, cfg.kl_scale)
 
 
 def _bmtard(cfg: DistillConfig, t: Teachers, ex: Execution, device: torch.device) -> Method:
     balance = Balance.from_config(cfg.balance, device)
-    return BMTARD(t[ROBUST], t[CLEAN], cfg.attack, balance, cfg.kl_reduction, ex)
+    return BMTARD(t[ROBUST], t[CLEAN], cfg.attack, balance, cfg.kl_reduction, ex, cfg.kl_scale)
 
 
 #: distill.method -> the per-batch method (a test keeps the keys equal to method_table.NAMES)
@@ -75,8 +77,8 @@ BUILDERS: dict[str, Callable[[DistillConfig, Teachers, Execution, torch.device],
 def build_method(
     cfg: DistillConfig, teachers: Teachers, ex: Execution, device: torch.device
 ) -> Method:
-    """The per-batch method of ``cfg.method`` (``cfg`` resolved), with its teachers prepared by
-    ``ex`` (frozen, eval mode, precision and layout)."""
+    """The per-batch method of ``cfg.method`` (``cfg`` resolved: no nulls), with its teachers
+    prepared by ``ex`` (frozen, eval mode, precision and layout)."""
     return BUILDERS[cfg.method](cfg, {r: ex.teacher(m) for r, m in teachers.items()}, ex, device)
 
 
@@ -105,8 +107,9 @@ def run_distill(
     stop: StopRequest | None = None,
 ) -> Selection:
     """Train a ``cfg.arch`` student with ``cfg.method``; save the selected epoch to
-    ``outputs.model``. A teacher path is read only if the method learns from that teacher."""
-    cfg = cfg.resolved()
+    ``outputs.model``. A teacher path is read only if the method learns from that teacher. Nulls
+    in ``cfg`` take the method's and the data's dataset's values (``DistillConfig.resolved``)."""
+    cfg = cfg.resolved(data.dataset)
     ex = Execution.from_config(run, device)
     paths = {CLEAN: clean_teacher, ROBUST: robust_teacher}
     loaded = {

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bmtard import attack_table
+from bmtard import attack_table, dataset_table
 from bmtard.accuracy import percent
 from bmtard.checkpoint import (
     CheckpointInfo,
@@ -45,7 +45,8 @@ from bmtard.splits import Split, load_manifest, load_split
 
 log = logging.getLogger(__name__)
 
-DATASET_BY_CLASSES = {10: "cifar10", 100: "cifar100"}
+#: the dataset of a checkpoint evaluated without a manifest, by its number of classes
+DATASET_BY_CLASSES = {d.num_classes: d.name for d in dataset_table.DATASETS}
 
 
 def model_card(ev: Evaluation, info: CheckpointInfo, checkpoint: str, dataset: str) -> dict:

@@ -32,36 +32,40 @@ class MethodSpec:
     epochs: int
     milestones: tuple[int, ...]
     init: str  # the training attack's start (bmtard.attacks.pgd INITS)
+    # whether its official code follows the KL-helper convention that scales the KL terms by the
+    # dataset's factor (x 10 on CIFAR-100: bmtard.dataset_table, distill.kl_scale null)
+    kl_convention: bool
     source: str
 
 
 METHODS = (
     MethodSpec(
-        "sat", "SAT", (), DISTILL_EPOCHS, DISTILL_MILESTONES, "uniform",
+        "sat", "SAT", (), DISTILL_EPOCHS, DISTILL_MILESTONES, "uniform", False,
         "PGD-AT (Madry et al.) of the student alone: CE on PGD-CE examples from a uniform start; "
         "the schedule is not given by the paper, the distillation one is used",
     ),
     MethodSpec(
-        "trades", "TRADES", (), DISTILL_EPOCHS, DISTILL_MILESTONES, "gaussian",
+        "trades", "TRADES", (), DISTILL_EPOCHS, DISTILL_MILESTONES, "gaussian", False,
         "TRADES (Zhang et al.) of the student alone, beta distill.trades_beta, the TRADES code's "
         "KL attack from the 0.001-Gaussian start; the distillation schedule",
     ),
     MethodSpec(
-        "ard", "ARD", (ROBUST,), 200, (100, 150), "uniform_unclamped",
+        "ard", "ARD", (ROBUST,), 200, (100, 150), "uniform_unclamped", False,
         "ARD's main.py: robust teacher on clean x, tau 30, alpha 1, train-mode PGD-CE from an "
-        "unclamped uniform start, 200 epochs with lr steps at 100 and 150",
+        "unclamped uniform start, 200 epochs with lr steps at 100 and 150; its nn.KLDivLoss has "
+        "no CIFAR-100 factor",
     ),
     MethodSpec(
-        "rslad", "RSLAD", (ROBUST,), DISTILL_EPOCHS, DISTILL_MILESTONES, "gaussian",
+        "rslad", "RSLAD", (ROBUST,), DISTILL_EPOCHS, DISTILL_MILESTONES, "gaussian", True,
         "RSLAD's code: robust teacher on clean x at tau 1, KL attack, weights 5/6 and 1/6",
     ),
     MethodSpec(
-        "mtard", "MTARD", (CLEAN, ROBUST), DISTILL_EPOCHS, DISTILL_MILESTONES, "gaussian",
+        "mtard", "MTARD", (CLEAN, ROBUST), DISTILL_EPOCHS, DISTILL_MILESTONES, "gaussian", True,
         "MTARD's ECCV code: both teachers at tau 1, w_adv = 1 - w_nat (distill.balance's "
         "w_adv_init and weight_lr)",
     ),
     MethodSpec(
-        "bmtard", "B-MTARD", (CLEAN, ROBUST), DISTILL_EPOCHS, DISTILL_MILESTONES, "gaussian",
+        "bmtard", "B-MTARD", (CLEAN, ROBUST), DISTILL_EPOCHS, DISTILL_MILESTONES, "gaussian", True,
         "B-MTARD's official code: Entropy-Based Balance and Normalization Loss Balance",
     ),
 )  # fmt: skip

@@ -22,6 +22,11 @@ class StageData:
         return int(self.manifest["num_classes"])
 
     @property
+    def dataset(self) -> str:
+        """The ``data.dataset`` these splits were prepared from (``bmtard.dataset_table``)."""
+        return str(self.manifest["dataset"])
+
+    @property
     def splits(self) -> dict[str, Any]:
         """The manifest's description of each split (counts, SHA-256s, source files)."""
         return self.manifest.get("splits", {})

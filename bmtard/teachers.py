@@ -89,6 +89,7 @@ def _teacher(
     stop: StopRequest | None,
     methods: tuple[str, ...],
 ) -> None:
+    cfg = cfg.resolved(data.dataset)  # a null arch: the dataset's teacher
     spec = ModelSpec(cfg.arch, cfg.width, data.num_classes)
     role = section.removesuffix("_teacher")
     record = TrainingRecord(

@@ -1,4 +1,5 @@
-"""Stage download: CIFAR train/test splits as compact .npz files plus a manifest (params: data)."""
+"""Stage download: CIFAR-10/100 or Tiny-ImageNet train/test splits as compact .npz files plus a
+manifest (params: data)."""
 
 from pathlib import Path
 

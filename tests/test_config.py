@@ -47,7 +47,7 @@ def test_shipped_files_are_valid_and_complete(path):
 def test_params_yaml_holds_the_paper_settings():
     p = load_params(ROOT / "params.yaml")
     assert p.distill.method == "bmtard"
-    d = p.distill.resolved()
+    d = p.distill.resolved("cifar10")
     assert (d.arch, d.optim.epochs, d.optim.batch_size, d.optim.lr) == ("resnet18", 300, 128, 0.1)
     assert (d.optim.momentum, d.optim.weight_decay, d.optim.milestones) == (
         0.9,
@@ -65,7 +65,9 @@ def test_params_yaml_holds_the_paper_settings():
     assert (d.kl_reduction, d.checkpoint) == ("mean", "best")
     assert (d.monitor.every, d.monitor.dense_from, d.monitor.pgd_steps) == (20, 215, 20)
     assert d.monitor.pgd_step_size == pytest.approx(0.003 * 255)
-    assert (p.clean_teacher.arch, p.robust_teacher.arch, p.robust_teacher.method) == (
+    assert d.kl_scale == 1.0
+    clean, robust = p.clean_teacher.resolved("cifar10"), p.robust_teacher.resolved("cifar10")
+    assert (clean.arch, robust.arch, robust.method) == (
         "resnet56",
         "wrn34_10",
         "trades",

@@ -1,6 +1,10 @@
 """A 2-method x 1-seed grid (SAT, RSLAD) through each engine on the tiny preset: the robust
 teacher is trained once, the clean one never (neither method learns from it), each experiment
-has its own outputs, and python -m bmtard.compare gathers them."""
+has its own outputs, and python -m bmtard.compare gathers them.
+
+The grids also carry the two datasets beyond CIFAR-10 through the engines, from small fixtures in
+their real on-disk layouts with the models left to the dataset (``arch: null``): Tiny-ImageNet
+(64 x 64, 200 classes) through Snakemake and CIFAR-100 (WRN-70-16 robust teacher) through DVC."""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ import json
 import pytest
 import yaml
 
-from conftest import require_sample
+from bmtard.checkpoint import load_model
+
+from dataset_fixtures import write_cifar100, write_tiny_imagenet
 from pipeline_helpers import BIN, copy_project, dvc_ran, git, run, snakemake_ran
 
 pytestmark = pytest.mark.slow
@@ -20,6 +26,13 @@ GRID = {"distill.method": ["sat", "rslad"], "run.seed": [0]}
 NAMES = ["method-sat_seed-0", "method-rslad_seed-0"]
 # AutoAttack on a barely trained tiny student takes minutes on a CPU: left out here
 FAST = {"evaluate.attacks": ["fgsm", "pgd_sat"], "evaluate.sanity.enabled": False}
+# the models the dataset's (bmtard.dataset_table), the KL scale its convention
+BY_DATASET = {"robust_teacher.arch": None, "distill.arch": None, "distill.kl_scale": None}
+
+
+def _on(dataset: str, folder) -> dict:
+    """Overrides that point the tiny preset at a fixture of ``dataset``."""
+    return {**FAST, **BY_DATASET, "data.dataset": dataset, "data.local_root": str(folder)}
 
 
 def _compare(repo, *flags) -> list[dict]:
@@ -42,8 +55,8 @@ def _no_teacher_file(path) -> bool:
 
 
 def test_snakemake_grid(tmp_path):
-    require_sample()
-    repo = copy_project(tmp_path / "snake", FAST)
+    folder = write_tiny_imagenet(tmp_path / "raw")
+    repo = copy_project(tmp_path / "snake", _on("tiny_imagenet", folder))
     (repo / "grid.yaml").write_text(yaml.safe_dump({"grid": GRID}))
     proc = run(repo, *SNAKEMAKE, "--configfile", "grid.yaml")
     ran = snakemake_ran(proc.stderr + proc.stdout)
@@ -55,10 +68,13 @@ def test_snakemake_grid(tmp_path):
     assert "robust_teacher: 100 train images" in logs["robust"]  # its one job trained it
     assert "clean_teacher: 100 train images" not in logs["clean"]
     assert _no_teacher_file(repo / "models" / "clean_teacher.pt")
+    _, robust = load_model(repo / "models" / "robust_teacher.pt")
+    assert (robust.spec.arch, robust.spec.num_classes) == ("wrn34_10", 200)
     for name, method in zip(NAMES, ("sat", "rslad"), strict=True):
         exp = repo / "results" / name
         card = json.loads((exp / "models" / "student.card.json").read_text())
         assert card["training"]["method"] == method
+        assert (card["dataset"], card["architecture"]) == ("tiny_imagenet", "mobilenet_v2")
         assert list(card["training"].get("teachers", {})) == ([] if method == "sat" else ["robust"])
         assert yaml.safe_load((exp / "params.yaml").read_text())["distill"]["method"] == method
         assert (exp / "metrics" / "evaluate.json").is_file()
@@ -67,9 +83,9 @@ def test_snakemake_grid(tmp_path):
     again = run(repo, *SNAKEMAKE, "--configfile", "grid.yaml")
     assert snakemake_ran(again.stderr + again.stdout) == []
     table = _compare(repo, "--no-dvc")
-    assert [(r["Experiment"], r["Engine"], r["Method"]) for r in table] == [
-        ("method-rslad_seed-0", "snakemake", "RSLAD"),
-        ("method-sat_seed-0", "snakemake", "SAT"),
+    assert [(r["Experiment"], r["Engine"], r["Method"], r["Dataset"]) for r in table] == [
+        ("method-rslad_seed-0", "snakemake", "RSLAD", "tiny_imagenet"),
+        ("method-sat_seed-0", "snakemake", "SAT", "tiny_imagenet"),
     ]
 
 
@@ -78,11 +94,13 @@ def test_dvc_queue_grid(tmp_path):
     the grid queued and run: no experiment trains a teacher (the sat experiment reruns the
     teacher stages, whose command names the method: the robust teacher is kept, the clean one
     still not trained)."""
-    require_sample()
-    repo = copy_project(tmp_path / "dvc", {**FAST, "distill.method": "rslad"})
+    folder, _, _ = write_cifar100(tmp_path / "raw")
+    repo = copy_project(tmp_path / "dvc", {**_on("cifar100", folder), "distill.method": "rslad"})
     teachers = ["train_clean_teacher", "train_robust_teacher"]
     assert dvc_ran(run(repo, DVC, "repro", *teachers).stdout) == ["download", *teachers]
     assert _no_teacher_file(repo / "models" / "clean_teacher.pt")
+    _, info = load_model(repo / "models" / "robust_teacher.pt")
+    assert (info.spec.arch, info.spec.num_classes) == ("wrn70_16", 100)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "teachers")
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train_robust_teacher"]
@@ -108,4 +126,7 @@ def test_dvc_queue_grid(tmp_path):
         else:
             assert "Running stage 'train_" not in log, log[-3000:]
     table = _compare(repo)
-    assert sorted((r["Engine"], r["Method"]) for r in table) == [("dvc", "RSLAD"), ("dvc", "SAT")]
+    assert sorted((r["Engine"], r["Method"], r["Dataset"]) for r in table) == [
+        ("dvc", "RSLAD", "cifar100"),
+        ("dvc", "SAT", "cifar100"),
+    ]

@@ -73,7 +73,7 @@ def test_null_takes_the_methods_published_settings_and_numbers_override_them():
         optim=OptimConfig(epochs=None, milestones=None), attack=TrainAttackConfig(init=None)
     )
     got = {
-        n: dataclasses.replace(null, method=n).resolved() for n in method_table.NAMES
+        n: dataclasses.replace(null, method=n).resolved("cifar10") for n in method_table.NAMES
     }  # fmt: skip
     ard = got.pop("ard")
     assert (ard.optim.epochs, ard.optim.milestones, ard.attack.init) == (
@@ -90,8 +90,11 @@ def test_null_takes_the_methods_published_settings_and_numbers_override_them():
             "gaussian",
         ), name
     given = DistillConfig(method="ard", optim=OptimConfig(epochs=7, milestones=[3]))
-    assert (given.resolved().optim.epochs, given.resolved().optim.milestones) == (7, [3])
-    assert given.resolved().attack.init == "gaussian"  # given, not the method's
+    assert (given.resolved("cifar10").optim.epochs, given.resolved("cifar10").optim.milestones) == (
+        7,
+        [3],
+    )
+    assert given.resolved("cifar10").attack.init == "gaussian"  # given, not the method's
 
 
 def _with(raw: dict, section: str, **values) -> dict:
@@ -129,7 +132,7 @@ def test_shipped_params_resolve_to_the_paper_recipe():
 
     d = load_params(ROOT / "params.yaml").distill
     assert (d.optim.epochs, d.optim.milestones, d.attack.init) == (None, None, None)
-    assert d.resolved() == dataclasses.replace(
+    assert d.resolved("cifar10") == dataclasses.replace(
         Params().distill, ard=d.ard, trades_beta=d.trades_beta
     )
 
@@ -168,7 +171,7 @@ def test_each_method_trains_from_its_teachers_only(tmp_path, data, method):
     rec = info.record
     assert rec.method == method
     assert tuple(rec.teachers) == spec.teachers
-    assert rec.params == to_dict(_cfg(method).resolved())
+    assert rec.params == to_dict(_cfg(method).resolved("cifar10"))
     assert rec.params["attack"]["init"] == spec.init
     assert rec.params["optim"]["milestones"] == list(spec.milestones)
     assert rec.key is not None

@@ -35,6 +35,11 @@ REFERENCE_PARAMS = {
     # block2 8,812,480; block3 35,237,760; bn 1,280; fc 6,410 -> 46,160,474 (the published
     # 46.16M for WRN-34-10), plus the unused sub_block1 (another 2,102,112) in TRADES' class.
     "wrn34_10": 46_160_474 + 2_102_112,
+    # DeepMind adversarial_robustness WRN-70-16 (Swish), 11 blocks per group at 256/512/1024:
+    # init_conv 432; group1 631,328 + 10 * 1,180,672; group2 3,671,552 + 10 * 4,720,640;
+    # group3 14,683,136 + 10 * 18,878,464; batchnorm 2,048; logits 10,250 -> 266,796,506
+    # (the 266.8M quoted by Gowal et al. 2020).
+    "wrn70_16": 266_796_506,
 }
 
 # Features entering the classifier, for the count with 100 classes.
@@ -44,6 +49,7 @@ FEATURES = {
     "mobilenet_v2": 1280,
     "resnet56": 64,
     "wrn34_10": 640,
+    "wrn70_16": 1024,
 }
 
 # Names (and shapes) from the reference files' state_dicts that published checkpoints carry.
@@ -99,6 +105,18 @@ REFERENCE_KEYS = {
         "fc.weight": (10, 640),
         "fc.bias": (10,),
     },
+    "wrn70_16": {
+        "init_conv.weight": (16, 3, 3, 3),
+        "layer.0.block.0.batchnorm_0.weight": (16,),
+        "layer.0.block.0.conv_0.weight": (256, 16, 3, 3),
+        "layer.0.block.0.shortcut.weight": (256, 16, 1, 1),
+        "layer.0.block.10.conv_1.weight": (256, 256, 3, 3),
+        "layer.1.block.0.shortcut.weight": (512, 256, 1, 1),
+        "layer.2.block.10.batchnorm_1.running_var": (1024,),
+        "batchnorm.running_mean": (1024,),
+        "logits.weight": (10, 1024),
+        "logits.bias": (10,),
+    },
 }
 
 # Keys that must NOT exist: identity shortcuts carry no weights in the references.
@@ -108,6 +126,7 @@ ABSENT_KEYS = {
     "mobilenet_v2": ["layers.2.shortcut.0.weight", "layers.3.shortcut.0.weight"],
     "resnet56": ["layer1.0.downsample.0.weight", "layer2.1.downsample.0.weight"],
     "wrn34_10": ["block1.layer.1.convShortcut.weight", "block2.layer.1.convShortcut.weight"],
+    "wrn70_16": ["layer.0.block.1.shortcut.weight", "layer.0.block.11.conv_0.weight"],
 }
 
 
@@ -138,6 +157,52 @@ def test_output_shape(arch: str, num_classes: int) -> None:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_tiny_imagenet_size(arch: str) -> None:
+    """64 x 64 inputs (Tiny-ImageNet) go through every model: the pooling is global."""
+    model = build_model(arch, 200, SMALL).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 200)
+    assert torch.isfinite(out).all()
+
+
+#: the pooling call of each reference file at 32 x 32 inputs (ECCV's ResNet-56 pools adaptively)
+REFERENCE_POOL = {
+    "resnet18": ("avg_pool2d", 4),
+    "preact_resnet18": ("avg_pool2d", 4),
+    "mobilenet_v2": ("avg_pool2d", 4),
+    "resnet56": ("adaptive_avg_pool2d", 1),
+    "wrn34_10": ("avg_pool2d", 8),
+    "wrn70_16": ("avg_pool2d", 8),
+}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pooling_is_the_references_at_32(arch: str, monkeypatch) -> None:
+    """At 32 x 32 the size-agnostic pooling computes what the reference's fixed pooling does, bit
+    for bit (``adaptive_avg_pool2d(x, 1)`` would not: it sums in another order)."""
+    calls = []
+    for name in ("avg_pool2d", "adaptive_avg_pool2d"):
+        real = getattr(torch.nn.functional, name)
+
+        def recording(fmap, size, *args, _name=name, _real=real, **kwargs):
+            out = _real(fmap, size, *args, **kwargs)
+            calls.append((_name, fmap, size, out))
+            return out
+
+        monkeypatch.setattr(torch.nn.functional, name, recording)
+    model = build_model(arch, 10, SMALL).eval()
+    with torch.no_grad():
+        model(torch.rand(3, 3, 32, 32))
+    monkeypatch.undo()
+    (name, fmap, size, out) = calls[-1]
+    ref_name, ref_size = REFERENCE_POOL[arch]
+    assert name == ref_name
+    reference = getattr(torch.nn.functional, ref_name)(fmap, ref_size)
+    assert torch.equal(out, reference)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_reference_param_count(arch: str, full_models: dict[str, torch.nn.Module]) -> None:
     assert n_params(full_models[arch]) == REFERENCE_PARAMS[arch]
 
@@ -156,7 +221,8 @@ def test_reference_keys(arch: str, full_models: dict[str, torch.nn.Module]) -> N
         assert tuple(state[key].shape) == shape, key
     for key in ABSENT_KEYS[arch]:
         assert key not in state, f"{arch}: unexpected key {key}"
-    # No normalization constants inside: inputs are taken in [0, 1] as they are.
+    # No normalization constants in the state_dict (wrn70_16 normalizes with fixed constants,
+    # outside it, as the published weights expect).
     assert not any("mean" in k and "running_mean" not in k for k in state)
     assert not any(k.endswith("std") for k in state)
 
@@ -206,6 +272,28 @@ def test_wrn_depth_and_widen_factor() -> None:
     assert len(model.block1.layer) == 2
     with pytest.raises(ValueError, match="depth = 33"):
         WideResNet(depth=33)
+
+
+def test_wrn70_16_block_shape_and_normalization() -> None:
+    """The DeepMind block pads stride-2 convolutions right and bottom only ("SAME"), and the
+    model normalizes its [0, 1] input with CIFAR-100's mean and std."""
+    from bmtard.models.wideresnet_swish import CIFAR100_MEAN, CIFAR100_STD, SwishBlock
+
+    block = SwishBlock(4, 8, stride=2).eval()
+    x = torch.rand(1, 4, 8, 8)
+    with torch.no_grad():
+        act = torch.nn.functional.silu(block.batchnorm_0(x))
+        manual = torch.nn.functional.conv2d(
+            torch.nn.functional.pad(act, (0, 1, 0, 1)), block.conv_0.weight, stride=2
+        )
+        manual = block.conv_1(torch.nn.functional.silu(block.batchnorm_1(manual)))
+        assert torch.equal(block(x), block.shortcut(act) + manual)
+    model = build_model("wrn70_16", 100, SMALL).eval()
+    grey = torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1).expand(1, 3, 32, 32)
+    with torch.no_grad():
+        normalized = (grey - model.mean) / model.std
+    assert torch.allclose(normalized, torch.zeros_like(normalized))
+    assert model.std.flatten().tolist() == pytest.approx(CIFAR100_STD)
 
 
 def test_unknown_arch() -> None:

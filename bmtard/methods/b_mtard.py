@@ -38,6 +38,7 @@ class BMTARD:
     balance: Balance | MTARDWeights  # MTARD's weights take the balance's place
     kl_reduction: str = "mean"
     execution: Execution = field(default_factory=Execution)
+    kl_scale: float = 1.0  # the factor on both KL terms (x 10 on CIFAR-100 in the ECCV code)
 
     def batch_loss(
         self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
@@ -52,8 +53,8 @@ class BMTARD:
             z_sn = logits32(model(x))
         p_ta = teacher_probs(ex.teacher_logits(self.teacher_adv, x_adv), b.tau_adv)
         p_tn = teacher_probs(ex.teacher_logits(self.teacher_nat, x), b.tau_nat)
-        loss_adv = kl_to_teacher(z_sa, p_ta, self.kl_reduction)
-        loss_nat = kl_to_teacher(z_sn, p_tn, self.kl_reduction)
+        loss_adv = self.kl_scale * kl_to_teacher(z_sa, p_ta, self.kl_reduction)
+        loss_nat = self.kl_scale * kl_to_teacher(z_sn, p_tn, self.kl_reduction)
         # Entropy-Based Balance: computed with this batch's temperatures, used from the next one.
         b.update_temperatures(neg_entropy(p_ta), neg_entropy(p_tn), rate_factor)
         # Normalization Loss Balance: the weights already include this batch's losses.

@@ -79,6 +79,7 @@ class RSLAD(Stateless):
     nat_weight: float = 1 / 6.0
     kl_reduction: str = "mean"
     execution: Execution = field(default_factory=Execution)
+    kl_scale: float = 1.0  # the factor on both KL terms (x 10 on CIFAR-100 in RSLAD's code)
 
     def batch_loss(
         self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
@@ -96,8 +97,8 @@ class RSLAD(Stateless):
             model.train()
             z_adv = logits32(model(x_adv))
             z_nat = logits32(model(x))
-        loss_adv = kl_to_teacher(z_adv, p_t, self.kl_reduction)
-        loss_nat = kl_to_teacher(z_nat, p_t, self.kl_reduction)
+        loss_adv = self.kl_scale * kl_to_teacher(z_adv, p_t, self.kl_reduction)
+        loss_nat = self.kl_scale * kl_to_teacher(z_nat, p_t, self.kl_reduction)
         loss = self.adv_weight * loss_adv + self.nat_weight * loss_nat
         return loss, {
             "loss": loss.detach(),
@@ -170,8 +171,10 @@ def MTARD(  # noqa: N802 (named like the other methods, which are classes)
     weights: MTARDWeights,
     kl_reduction: str = "mean",
     execution: Execution | None = None,
+    kl_scale: float = 1.0,
 ) -> BMTARD:
     """MTARD (Zhao et al., ECCV 2022; official ``mtard_resnet18_cifar10.py``): B-MTARD's step
     (the same attack on the student, the robust teacher on x_adv, the clean teacher on x, the
     same KL helper) with ``MTARDWeights`` as its balance."""
-    return BMTARD(teacher_adv, teacher_nat, attack, weights, kl_reduction, execution or Execution())
+    ex = execution or Execution()
+    return BMTARD(teacher_adv, teacher_nat, attack, weights, kl_reduction, ex, kl_scale)

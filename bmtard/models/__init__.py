@@ -1,7 +1,9 @@
-"""CIFAR classifiers by name.
+"""CIFAR-style classifiers by name.
 
-Every model takes a float tensor (N, 3, 32, 32) with values in [0, 1] (there is no normalization
-layer inside) and returns logits (N, num_classes). ``width`` scales every channel count (rounded,
+Every model takes a float tensor (N, 3, H, W) with values in [0, 1] (32 x 32 for CIFAR, 64 x 64
+for Tiny-ImageNet: the pooling before the classifier is global, which is the reference pooling
+at 32 x 32) and returns logits (N, num_classes). Only ``wrn70_16`` normalizes inside (as its
+published weights expect). ``width`` scales every channel count (rounded,
 at least 1); ``width=1.0`` gives exactly the reference architecture and state_dict keys/shapes, so
 published checkpoints load.
 """
@@ -17,6 +19,7 @@ from bmtard.models.preact_resnet import PreActResNet18
 from bmtard.models.resnet import ResNet18
 from bmtard.models.resnet_cifar import CifarResNet
 from bmtard.models.wideresnet import WideResNet
+from bmtard.models.wideresnet_swish import WideResNetSwish
 
 __all__ = ["ARCHS", "build_model"]
 
@@ -26,13 +29,14 @@ _REGISTRY: dict[str, Callable[[int, float], nn.Module]] = {
     "mobilenet_v2": lambda c, w: MobileNetV2(num_classes=c, width=w),
     "resnet56": lambda c, w: CifarResNet(num_classes=c, width=w, blocks_per_stage=9),
     "wrn34_10": lambda c, w: WideResNet(depth=34, num_classes=c, widen_factor=10, width=w),
+    "wrn70_16": lambda c, w: WideResNetSwish(depth=70, num_classes=c, widen_factor=16, width=w),
 }
 
 ARCHS: tuple[str, ...] = tuple(_REGISTRY)
 
 
 def build_model(arch: str, num_classes: int = 10, width: float = 1.0) -> nn.Module:
-    """Build ``arch`` (one of ``ARCHS``) with fresh weights: input (N, 3, 32, 32) in [0, 1],
+    """Build ``arch`` (one of ``ARCHS``) with fresh weights: input (N, 3, H, W) in [0, 1],
     output logits (N, num_classes). Raises ValueError for an unknown arch, a num_classes below 1
     or a width that is not a finite number > 0."""
     if not isinstance(arch, str) or arch not in _REGISTRY:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bmtard.models._pooling import global_avg_pool
 from bmtard.models._width import scaled
 
 
@@ -80,5 +81,5 @@ class MobileNetV2(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layers(out)
         out = F.relu(self.bn2(self.conv2(out)))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = global_avg_pool(out)  # avg_pool2d(4) at 32 x 32, as the reference
         return self.linear(out)

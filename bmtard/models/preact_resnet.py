@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bmtard.models._pooling import global_avg_pool
 from bmtard.models._width import scaled
 
 
@@ -60,5 +61,5 @@ class PreActResNet18(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)  # = avg_pool2d(4) on 32x32 inputs
+        out = global_avg_pool(out)  # avg_pool2d(4) at 32 x 32, as the reference
         return self.linear(out)

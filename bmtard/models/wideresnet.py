@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bmtard.models._pooling import global_avg_pool
 from bmtard.models._width import scaled
 
 
@@ -102,5 +103,5 @@ class WideResNet(nn.Module):
         out = self.conv1(x)
         out = self.block3(self.block2(self.block1(out)))
         out = F.relu(self.bn1(out))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)  # = avg_pool2d(8) on 32x32 inputs
+        out = global_avg_pool(out)  # avg_pool2d(8) at 32 x 32, as the reference
         return self.fc(out)
