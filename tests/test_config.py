@@ -24,7 +24,7 @@ from bmtard.errors import ParamsError
 
 from conftest import ROOT
 
-FILES = [ROOT / "params.yaml", ROOT / "presets" / "quick.yaml"]
+FILES = [ROOT / "params.yaml", ROOT / "presets" / "quick.yaml", ROOT / "presets" / "small.yaml"]
 
 
 def keys(d, prefix=""):
