@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from bmtard import faults, project_lock
+from bmtard import faults, gpu_slots, project_lock
 from bmtard.config import Params, load_params
 from bmtard.errors import BmtardError, Interrupted
 from bmtard.stop import StopRequest, graceful_stop
@@ -41,6 +41,7 @@ def run_stage(
     *,
     name: str | Callable[[argparse.Namespace], str] = "stage",
     graceful: bool = True,
+    gpu: bool = False,
 ) -> None:
     """Parse a stage's arguments, validate the whole params file before any work, then run
     ``body(params, args, stop)`` holding the project lock (``bmtard.project_lock``).
@@ -48,6 +49,8 @@ def run_stage(
     ``name`` (or a function of the arguments giving it) names the stage in the lock and for
     ``bmtard.faults``. With ``graceful``, SIGTERM / SIGINT set ``stop`` (the training loop then
     saves its state and exits); otherwise they end the process as usual (``stop`` stays unset).
+    A ``gpu`` stage first claims a GPU of its own on a machine with several
+    (``bmtard.gpu_slots``), held until the process ends.
     """
     parser = argparse.ArgumentParser(description=doc)
     parser.add_argument(
@@ -61,13 +64,18 @@ def run_stage(
         stage = name(args) if callable(name) else name
         faults.set_stage(stage)
         lock = project_lock.enter_stage(f"stage {stage}")
+        slot = None  # referenced until the end: a collected Slot would close its lock file
         try:
+            if gpu:
+                slot = gpu_slots.claim_for_stage(params.run.device)
             if graceful:
                 with graceful_stop() as stop:
                     body(params, args, stop)
             else:
                 body(params, args, StopRequest())
         finally:
+            if slot is not None:
+                slot.release()
             if lock is not None:
                 lock.close()
 

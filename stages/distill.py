@@ -33,4 +33,4 @@ def main(params, args, stop):
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, add_arguments, main, name="distill")
+    run_stage(__doc__, add_arguments, main, name="distill", gpu=True)

@@ -33,4 +33,4 @@ def main(params, args, stop=None):
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, add_arguments, main, name="evaluate", graceful=False)
+    run_stage(__doc__, add_arguments, main, name="evaluate", graceful=False, gpu=True)

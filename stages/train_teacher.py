@@ -52,4 +52,6 @@ def main(params, args, stop):
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, add_arguments, main, name=lambda args: f"train_{args.role}_teacher")
+    run_stage(
+        __doc__, add_arguments, main, name=lambda args: f"train_{args.role}_teacher", gpu=True
+    )
