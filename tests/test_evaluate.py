@@ -29,6 +29,14 @@ def honest():
     return train_linear(synthetic(500, 1), 0), synthetic(64, 2)
 
 
+@pytest.fixture(scope="module")
+def full(honest, tmp_path_factory):
+    """One uninterrupted evaluation of ``honest`` (seed 0), shared: AutoAttack makes each one
+    take tens of seconds."""
+    model, test = honest
+    return evaluate_model(model, test, cfg(tmp_path_factory.mktemp("full")), CPU, model_id="m")
+
+
 def cfg(tmp_path, **kw) -> EvaluateConfig:
     base = dict(
         n_images=64,
@@ -53,10 +61,8 @@ class Interrupt(Exception):
     pass
 
 
-def test_resumed_evaluation_equals_uninterrupted_and_skips_finished_batches(honest, tmp_path):
+def test_resumed_evaluation_equals_uninterrupted_and_skips_finished_batches(honest, full, tmp_path):
     model, test = honest
-    full = evaluate_model(model, test, cfg(tmp_path / "a"), CPU, model_id="m")
-
     c = cfg(tmp_path / "b")
 
     def stop_in_autoattack(task, index):
@@ -157,12 +163,11 @@ def test_resume_key_includes_the_code(honest, tmp_path, monkeypatch):
     assert ("clean", 0) in computed and ("fgsm", 0) in computed
 
 
-def test_same_seed_same_numbers_and_accuracy_facts(honest, tmp_path):
+def test_same_seed_same_numbers_and_accuracy_facts(honest, full, tmp_path):
+    """A second evaluation with the same seed (and no resume folder) gives the same metrics."""
     model, test = honest
-    c = cfg(tmp_path, resume_dir=None)
-    a = evaluate_model(model, test, c, CPU, seed=3)
-    b = evaluate_model(model, test, c, CPU, seed=3)
-    assert a.metrics() == b.metrics()
+    a = evaluate_model(model, test, cfg(tmp_path, resume_dir=None), CPU, model_id="m", seed=0)
+    assert a.metrics() == full.metrics()
     acc = a.accuracy
     assert acc["worst_case"] <= min(v for k, v in acc.items() if k != "worst_case")
     assert acc["autoattack"] <= min(acc["pgd_sat"], acc["pgd_trades"], acc["cw_inf"])

@@ -106,7 +106,7 @@ def test_concurrent_jobs_never_share_a_gpu(tmp_path):
     """Seven jobs at once on 3 GPUs (more jobs than GPUs, as `dvc queue start -j 7` would run):
     each GPU is held by one job at a time; the others wait, and all finish."""
     env = _env(tmp_path, "0,1,2")
-    jobs = [_job(tmp_path, i, 0.6, env) for i in range(7)]
+    jobs = [_job(tmp_path, i, 0.3, env) for i in range(7)]
     assert [j.wait(timeout=120) for j in jobs] == [0] * 7
     records = [json.loads((tmp_path / f"job{i}.json").read_text()) for i in range(7)]
     _never_shared(records)
@@ -134,7 +134,7 @@ rule all:
 rule job:
     output: "job{i}.json"
     resources: gpu=1
-    shell: "{python} job.py {output} 0.8"
+    shell: "{python} job.py {output} 0.4"
 """
 
 
