@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bmtard.models._pooling import global_avg_pool
-from bmtard.models._width import scaled
+from bmtard.models._width import wide_layout
 
 
 class BasicBlock(nn.Module):
@@ -80,12 +80,7 @@ class WideResNet(nn.Module):
         width: float = 1.0,
     ) -> None:
         super().__init__()
-        if depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(f"WideResNet depth = {depth}: must be 6n + 4 with n >= 1")
-        n = (depth - 4) // 6
-        c0, c1, c2, c3 = (
-            scaled(c, width) for c in (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-        )
+        n, (c0, c1, c2, c3) = wide_layout(depth, widen_factor, width)
         self.conv1 = nn.Conv2d(3, c0, 3, stride=1, padding=1, bias=False)
         self.block1 = NetworkBlock(n, c0, c1, 1, drop_rate)
         self.sub_block1 = NetworkBlock(n, c0, c1, 1, drop_rate)  # unused; in TRADES' checkpoint

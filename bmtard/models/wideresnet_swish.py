@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bmtard.models._pooling import global_avg_pool
-from bmtard.models._width import scaled
+from bmtard.models._width import wide_layout
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -76,12 +76,7 @@ class WideResNetSwish(nn.Module):
         self, depth: int = 70, num_classes: int = 100, widen_factor: int = 16, width: float = 1.0
     ) -> None:
         super().__init__()
-        if depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(f"WideResNet depth = {depth}: must be 6n + 4 with n >= 1")
-        n = (depth - 4) // 6
-        c0, c1, c2, c3 = (
-            scaled(c, width) for c in (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-        )
+        n, (c0, c1, c2, c3) = wide_layout(depth, widen_factor, width)
         self.register_buffer("mean", torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(CIFAR100_STD).view(1, 3, 1, 1), False)
         self.init_conv = nn.Conv2d(3, c0, 3, stride=1, padding=1, bias=False)
