@@ -4,8 +4,9 @@ Every DVC stage becomes a rule of the same name with the same command (its ${sec
 references filled in, as DVC does), inputs (deps), outputs (outs, metrics, plots; paths without
 a suffix are directories) and parameters (the params.yaml sections or keys the stage lists,
 passed as rule params so that a change reruns it). `meta: {gpu: 1}` in dvc.yaml becomes
-`resources: gpu=1`. Edit parameters in params.yaml only (not --config): the stage scripts read
-params.yaml themselves.
+`resources: gpu=1`, and gpu=run.processes for a stage with `meta.processes` (one GPU per torchrun
+worker). Edit parameters in params.yaml only (not --config): the stage scripts read params.yaml
+themselves.
 
 A grid (`--configfile presets/grid.yaml`, bmtard/grid.py) runs the stages that read `distill` or
 `evaluate` (and those after them) once per experiment, as rules `<stage>_grid` writing under
@@ -86,6 +87,18 @@ def stage_outputs(stage):
         for entry in stage.get(kind, []):
             paths.extend(entry if isinstance(entry, dict) else [entry])
     return paths
+
+
+def gpus(stage, params):
+    """The GPUs a stage's job takes: meta.gpu, times run.processes for a stage that runs as
+    that many torchrun workers (meta.processes)."""
+    meta = stage.get("meta", {})
+    per_process = meta.get("gpu", 0)
+    return (
+        per_process * params["run"]["processes"]
+        if meta.get("processes")
+        else per_process
+    )
 
 
 def snake_outputs(paths):
@@ -173,7 +186,7 @@ for stage_name, stage in STAGES.items():
             "envs/bmtard.yaml"
         threads: workflow.cores if stage.get("meta", {}).get("gpu") else 1
         resources:
-            gpu=stage.get("meta", {}).get("gpu", 0),
+            gpu=gpus(stage, config),
         params:
             **stage_params(stage, config),
             # the command goes through params: a loop variable read in `shell:` would be read
@@ -214,7 +227,7 @@ if EXPERIMENTS:
                 "envs/bmtard.yaml"
             threads: workflow.cores if stage.get("meta", {}).get("gpu") else 1
             resources:
-                gpu=stage.get("meta", {}).get("gpu", 0),
+                gpu=lambda wc, stage=stage: gpus(stage, EXP_PARAMS[wc.exp]),
             params:
                 # the experiment's own values, so that a change reruns only its jobs
                 values=lambda wc, stage=stage: stage_params(stage, EXP_PARAMS[wc.exp]),

@@ -8,9 +8,10 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from bmtard import faults, gpu_slots, project_lock
+from bmtard import distributed, faults, gpu_slots, launch, project_lock
 from bmtard.config import Params, load_params
 from bmtard.errors import BmtardError, Interrupted
+from bmtard.execution import threads_given
 from bmtard.stop import StopRequest, graceful_stop
 
 
@@ -25,7 +26,8 @@ def run_main(body: Callable[[], None]) -> int:
     try:
         body()
     except Interrupted as e:
-        print(f"stopped: {e}", file=sys.stderr)
+        if launch.speaks():
+            print(f"stopped: {e}", file=sys.stderr)
         return 128 + e.signum
     except BmtardError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -42,6 +44,7 @@ def run_stage(
     name: str | Callable[[argparse.Namespace], str] = "stage",
     graceful: bool = True,
     gpu: bool = False,
+    module: str | None = None,
 ) -> None:
     """Parse a stage's arguments, validate the whole params file before any work, then run
     ``body(params, args, stop)`` holding the project lock (``bmtard.project_lock``).
@@ -50,7 +53,10 @@ def run_stage(
     ``bmtard.faults``. With ``graceful``, SIGTERM / SIGINT set ``stop`` (the training loop then
     saves its state and exits); otherwise they end the process as usual (``stop`` stays unset).
     A ``gpu`` stage first claims a GPU of its own on a machine with several
-    (``bmtard.gpu_slots``), held until the process ends.
+    (``bmtard.gpu_slots``), held until the process ends. A training stage names its ``module``
+    (``python -m`` form): with ``run.processes`` above 1 this process then claims that many
+    GPUs and runs the module as that many torchrun workers (``bmtard.launch``), which take no
+    lock and claim no GPU of their own (nor do the ranks above 0 of a torchrun started by hand).
     """
     parser = argparse.ArgumentParser(description=doc)
     parser.add_argument(
@@ -63,17 +69,25 @@ def run_stage(
         params = load_params(args.params)
         stage = name(args) if callable(name) else name
         faults.set_stage(stage)
-        lock = project_lock.enter_stage(f"stage {stage}")
+        processes = params.run.processes if module is not None else 1
+        owner = launch.holds_lock()
+        lock = project_lock.enter_stage(f"stage {stage}") if owner else None
         slot = None  # referenced until the end: a collected Slot would close its lock file
         try:
-            if gpu:
-                slot = gpu_slots.claim_for_stage(params.run.device)
-            if graceful:
+            if gpu and owner and distributed.launched_size() == 1:  # torchrun users choose GPUs
+                slot = gpu_slots.claim_for_stage(params.run.device, count=processes)
+            if processes > 1 and distributed.launched_size() == 1:  # not yet under torchrun
+                assert module is not None
+                threads = max(1, threads_given(params.run) // processes)
+                passed = list(sys.argv[1:] if argv is None else argv)
+                launch.torchrun_stage(stage, module, passed, processes, threads)
+            elif graceful:
                 with graceful_stop() as stop:
                     body(params, args, stop)
             else:
                 body(params, args, StopRequest())
         finally:
+            distributed.stop()
             if slot is not None:
                 slot.release()
             if lock is not None:

@@ -39,6 +39,7 @@ EVAL_ATTACKS = attack_table.NAMES
 # here instead of in the middle of a run. Attack sizes are in 1/255 (255 = the whole pixel range).
 MAX_SEED = 2**32 - 1  # numpy's limit
 MAX_THREADS = 1024
+MAX_PROCESSES = 64  # training processes of one stage (one node)
 MAX_EPOCHS = 100_000  # also milestones
 MAX_BATCH = 65_536
 MAX_IMAGES = 10**7  # image counts and limits
@@ -82,6 +83,9 @@ class RunConfig:
     precision: str = _spec("fp32", choices=("fp32", "bf16"))
     channels_last: bool = False  # channels_last memory layout for every model
     compile: bool = False  # torch.compile every model's forward (helps on GPUs, rarely on CPUs)
+    # processes per training stage (torchrun workers, data parallel, one GPU each; 1 = the
+    # faithful single process); each takes an equal share of every batch (bmtard.distributed)
+    processes: int = _spec(1, ge=1, le=MAX_PROCESSES)
 
     def __post_init__(self) -> None:
         d = self.device
@@ -363,6 +367,16 @@ class Params:
     robust_teacher: RobustTeacherConfig = field(default_factory=RobustTeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def __post_init__(self) -> None:
+        n = self.run.processes
+        for section in ("clean_teacher", "robust_teacher", "distill"):
+            size = getattr(self, section).optim.batch_size
+            if size % n:
+                raise ParamsError(
+                    f"run.processes = {n} must divide {section}.optim.batch_size ({size}): "
+                    "each process takes an equal share of every batch"
+                )
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Params))

@@ -125,10 +125,13 @@ def logits32(z: Tensor) -> Tensor:
 def threads_given(run: RunConfig) -> int:
     """The CPU threads this process may use: ``run.num_threads`` when set, else what the engine
     or the scheduler granted (``SLURM_CPUS_PER_TASK``; ``OMP_NUM_THREADS``, which Snakemake sets
-    to a rule's ``threads``), else the CPUs this process may run on."""
+    to a rule's ``threads``), else the CPUs this process may run on. A torchrun worker
+    (``LOCAL_WORLD_SIZE`` set) takes ``OMP_NUM_THREADS``: its share, which ``bmtard.launch`` sets.
+    """
     if run.num_threads:
         return run.num_threads
-    for var in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
+    worker = "LOCAL_WORLD_SIZE" in os.environ
+    for var in ("OMP_NUM_THREADS",) if worker else ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
         value = os.environ.get(var, "")
         if value.isdigit() and int(value) > 0:
             return int(value)

@@ -5,7 +5,11 @@ outside lands at random places, so the code names its dangerous points and a tes
 setting ``BMTARD_FAULT=<stage>/<point>:<n>`` (kill at the n-th time that point is reached in that
 stage; ``*`` matches any stage). The kill is SIGKILL to the whole process group by default (the
 engine dies with the stage, as when a node goes down), or to this process alone with
-``BMTARD_FAULT_SCOPE=process``. Without the variable, ``hit`` costs one dict lookup.
+``BMTARD_FAULT_SCOPE=process``. ``BMTARD_FAULT_ACTION=pause`` waits for a signal there instead
+(a job whose time runs out in the middle of a batch: the scheduler's SIGTERM then stops it).
+``BMTARD_FAULT_ONCE=<file>`` fires only while that file does not exist, and creates it (for a
+retried job, which runs with the same environment). Without ``BMTARD_FAULT``, ``hit`` costs one
+dict lookup.
 
 Points: ``batch`` (after a training step), ``state_write`` (half-way through writing the
 training state file), ``eval_batch`` (after an evaluation batch is saved).
@@ -19,6 +23,8 @@ from collections.abc import Callable
 
 ENV = "BMTARD_FAULT"
 SCOPE_ENV = "BMTARD_FAULT_SCOPE"
+ACTION_ENV = "BMTARD_FAULT_ACTION"
+ONCE_ENV = "BMTARD_FAULT_ONCE"
 
 _counts: dict[str, int] = {}
 _stage = {"name": "*"}
@@ -41,8 +47,16 @@ def hit(point: str, before: Callable[[], None] | None = None) -> None:
         return
     _counts[point] = _counts.get(point, 0) + 1
     if _counts[point] == int(n):
+        once = os.environ.get(ONCE_ENV)
+        if once:
+            if os.path.exists(once):
+                return
+            open(once, "x").close()
         if before is not None:
             before()
+        if os.environ.get(ACTION_ENV) == "pause":
+            signal.pause()  # until a signal's handler ran (a graceful stop sets its flag)
+            return
         if os.environ.get(SCOPE_ENV) == "process":
             os.kill(os.getpid(), signal.SIGKILL)
         os.killpg(os.getpgrp(), signal.SIGKILL)

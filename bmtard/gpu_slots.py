@@ -39,14 +39,16 @@ POLL_SECONDS = 0.2
 
 @dataclass
 class Slot:
-    """A claimed GPU: its id (as ``CUDA_VISIBLE_DEVICES`` names it) and the open, locked file
-    that holds the claim until ``release`` or the end of the process."""
+    """Claimed GPUs: their ids as ``CUDA_VISIBLE_DEVICES`` names them ("2", or "0,1" for a stage
+    of two processes) and the open, locked files that hold the claim until ``release`` or the
+    end of the process."""
 
     gpu: str
-    handle: IO[bytes]
+    handles: list[IO[bytes]]
 
     def release(self) -> None:
-        self.handle.close()  # closing the file drops its flock
+        for handle in self.handles:
+            handle.close()  # closing the file drops its flock
 
 
 def machine_gpus(env: dict[str, str] | None = None) -> list[str]:
@@ -88,40 +90,62 @@ def _try_lock(path: Path) -> IO[bytes] | None:
     return handle
 
 
-def claim(gpus: list[str], folder: Path, wait_seconds: float | None = None) -> Slot:
-    """The first free GPU of ``gpus``, locked; waits while every one is taken (for at most
-    ``wait_seconds``, None: without limit). TimeoutError when the wait runs out."""
+def claim(gpus: list[str], folder: Path, wait_seconds: float | None = None, count: int = 1) -> Slot:
+    """The first ``count`` free GPUs of ``gpus``, locked; waits while fewer are free (for at most
+    ``wait_seconds``, None: without limit). All or none are held at a time, so two jobs that
+    each want two GPUs never hold one each and wait for each other. TimeoutError when the wait
+    runs out; ParamsError when the machine has fewer than ``count``."""
+    if count > len(gpus):
+        raise ParamsError(
+            f"run.processes = {count} wants {count} GPUs; this machine has {len(gpus)} "
+            f"({','.join(gpus) or 'none'})"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
     waited = False
     while True:
+        held: list[tuple[str, IO[bytes]]] = []
         for gpu in gpus:
             handle = _try_lock(folder / f"gpu-{gpu}.lock")
             if handle is not None:
+                held.append((gpu, handle))
+                if len(held) == count:
+                    break
+        if len(held) == count:
+            for _, handle in held:
                 handle.seek(0)
                 handle.truncate()
                 handle.write(f"{os.getpid()}\n".encode())  # who holds it, for a curious user
                 handle.flush()
-                return Slot(gpu, handle)
+            return Slot(",".join(g for g, _ in held), [h for _, h in held])
+        for _, handle in held:
+            handle.close()
         if not waited:
-            log.info("every GPU (%s) is taken by another job: waiting for one", ",".join(gpus))
+            log.info(
+                "every GPU (%s) is taken by another job: waiting for one"
+                if count == 1
+                else f"fewer than {count} of the GPUs (%s) are free: waiting",
+                ",".join(gpus),
+            )
             waited = True
         if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError(f"no free GPU among {','.join(gpus)} in {folder}")
+            wanted = "free GPU" if count == 1 else f"{count} free GPUs"
+            raise TimeoutError(f"no {wanted} among {','.join(gpus)} in {folder}")
         time.sleep(POLL_SECONDS)
 
 
-def claim_for_stage(device: str, env: dict[str, str] | None = None) -> Slot | None:
-    """Before CUDA starts in a GPU stage: claim a slot and show the process that GPU alone
-    (``CUDA_VISIBLE_DEVICES``), unless the scheduler or ``run.device`` already chose, or there
-    is no GPU (see the module docstring). Returns the slot (held until the process ends)."""
+def claim_for_stage(device: str, env: dict[str, str] | None = None, count: int = 1) -> Slot | None:
+    """Before CUDA starts in a GPU stage: claim ``count`` GPUs (one per training process) and
+    show the process those alone (``CUDA_VISIBLE_DEVICES``), unless the scheduler or
+    ``run.device`` already chose, or there is no GPU (see the module docstring). Returns the
+    slot (held until the process ends)."""
     env = os.environ if env is None else env
     if env.get(VISIBLE_VAR) is not None or device not in ("auto", "cuda"):
         return None
     gpus = machine_gpus(env)
     if not gpus:
         return None
-    slot = claim(gpus, lock_dir(env))
+    slot = claim(gpus, lock_dir(env), count=count)
     env[VISIBLE_VAR] = slot.gpu
     log.info("GPU slot %s claimed (%s=%s)", slot.gpu, VISIBLE_VAR, slot.gpu)
     return slot

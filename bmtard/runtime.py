@@ -7,6 +7,7 @@ import random
 import numpy as np
 import torch
 
+from bmtard import distributed
 from bmtard.config import RunConfig
 from bmtard.errors import ParamsError
 from bmtard.execution import threads_given
@@ -26,14 +27,27 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def setup(run: RunConfig) -> torch.device:
+#: rank r of several training processes seeds with run.seed + r * RANK_SEED_STRIDE (the attacks'
+#: random starts differ between ranks; rank 0 draws what a single process draws)
+RANK_SEED_STRIDE = 1_000_003
+
+
+def setup(run: RunConfig, *, parallel: bool = False) -> torch.device:
     """Seed every RNG, set determinism, and use the CPU threads this process was given
-    (``bmtard.execution.threads_given``: never every core of a shared node); return the device."""
+    (``bmtard.execution.threads_given``: never every core of a shared node); return the device.
+
+    ``parallel``: a training stage, which runs as ``run.processes`` torchrun workers when that
+    is above 1: this worker joins their process group (``bmtard.distributed.start``) and its
+    device is the GPU of its local rank."""
     torch.set_num_threads(threads_given(run))
-    random.seed(run.seed)
-    np.random.seed(run.seed)
-    torch.manual_seed(run.seed)  # also seeds every CUDA device
+    device = resolve_device(run.device)
+    if parallel and (run.processes > 1 or distributed.launched_size() > 1):
+        device = distributed.start(run.processes, device)
+    seed = (run.seed + distributed.rank() * RANK_SEED_STRIDE) % 2**32  # numpy's limit
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
     torch.backends.cudnn.deterministic = run.deterministic
     if run.deterministic:
         torch.backends.cudnn.benchmark = False
-    return resolve_device(run.device)
+    return device

@@ -12,6 +12,7 @@ from bmtard import method_table
 from bmtard.accuracy import monitor as run_monitor
 from bmtard.checkpoint import ModelSpec, TrainingRecord, import_state_dict, save_no_model
 from bmtard.config import CleanTeacherConfig, RobustTeacherConfig, RunConfig, to_dict
+from bmtard.distributed import on_main
 from bmtard.execution import Execution
 from bmtard.io import sha256_file
 from bmtard.methods.adversarial import PGDAT, TRADES
@@ -96,13 +97,14 @@ def _teacher(
         stage=section, method=method_name, params=to_dict(cfg), data=data.splits,
         code=code_version(),
     )  # fmt: skip
-    if cfg.checkpoint is None and finished_before(section, outputs, record, run):
+    # what writes without training runs on rank 0 alone when there are several processes
+    if cfg.checkpoint is None and on_main(lambda: finished_before(section, outputs, record, run)):
         return  # e.g. rerun because distill.method changed to another method with this teacher
     if not method_table.needs(methods, role):
-        write_not_needed(section, outputs, methods)
+        on_main(lambda: write_not_needed(section, outputs, methods))
         return
     if cfg.checkpoint is not None:
-        _use_checkpoint(section, cfg, spec, run, data, device, outputs)
+        on_main(lambda: _use_checkpoint(section, cfg, spec, run, data, device, outputs))
         return
     train_and_save(
         spec.build().to(device),

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from bmtard import faults
+from bmtard import distributed, faults
 from bmtard.config import OptimConfig
 from bmtard.errors import Interrupted, TrainingError
 from bmtard.schedule import decay_factor
@@ -160,8 +160,13 @@ def fit(
     method's status, the lr, and whatever ``monitor(epoch)`` returns) go to ``on_epoch``.
     ``stop`` is truthy once a stop was requested. ``section`` names the parameter section in
     messages (e.g. ``distill``).
+
+    With several processes (``bmtard.distributed``) each rank trains on its share of every
+    batch through the DDP-wrapped model, every rank stops at the batch where any one was asked
+    to, the epoch's metrics are over the whole batch, and only rank 0's ``saver`` should save.
     """
     model, method, batches, opt = parts.model, parts.method, parts.batches, parts.optimizer
+    net = distributed.wrap(model, next(model.parameters()).device)
     saver = saver or NoSaver()
     guard = FiniteGuard(section)
     progress = start or Progress()
@@ -172,9 +177,10 @@ def fit(
         guard.check(saved)  # never save past a non-finite step
         saved = saver.save(progress) or saved
 
+    quiet = None if distributed.is_main() else True  # tqdm: None = only on a terminal
     epochs = tqdm(
         range(progress.epoch + 1, cfg.epochs + 1),
-        desc=section, unit="epoch", initial=progress.epoch, total=cfg.epochs, disable=None,
+        desc=section, unit="epoch", initial=progress.epoch, total=cfg.epochs, disable=quiet,
     )  # fmt: skip
     for epoch in epochs:
         factor = decay_factor(epoch, cfg.milestones, cfg.gamma)
@@ -186,15 +192,22 @@ def fit(
             progress = Progress(epoch - 1)
         bar = tqdm(
             batches, desc=f"epoch {epoch}", initial=progress.batch, total=len(batches),
-            leave=False, unit="batch", disable=None,
+            leave=False, unit="batch", disable=quiet,
         )  # fmt: skip
         for x, y in bar:
             where = f"{section}: epoch {epoch}, batch {progress.batch + 1}"
+            total = len(y)
+            if net is not model:  # this rank's share of the batch
+                rows = distributed.shard(total)
+                x, y = x[rows], y[rows]
             with _out_of_memory(where, f"{section}.optim.batch_size", cfg.batch_size):
-                loss, logs = method.batch_loss(model, x, y, factor)
+                loss, logs = method.batch_loss(net, x, y, factor)
                 guard.record(epoch, progress.batch + 1, lr, loss, logs)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if net is model:
+                    loss.backward()
+                else:
+                    (loss * distributed.loss_scale(len(y), total)).backward()
                 opt.step()
             n = len(y)
             progress.batch += 1
@@ -202,14 +215,16 @@ def fit(
             for k, v in logs.items():  # on the device, in float64 as Python floats would be
                 progress.sums[k] = progress.sums.get(k, 0.0) + v.double() * n
             faults.hit("batch")
-            if stop or saver.due():
-                save(progress)
+            stopping, due = distributed.any_rank(bool(stop), saver.due())
+            if stopping or due:
+                save(_global(progress))
             elif progress.batch % CHECK_EVERY == 0:
                 guard.check(saved)
-            if stop:
+            if stopping:
                 raise _interrupted(stop, where, saved)
         guard.check(saved)  # before the monitor judges this epoch's model
-        metrics = {k: float(v) / progress.count for k, v in progress.sums.items()}
+        whole = _global(progress)
+        metrics = {k: float(v) / whole.count for k, v in whole.sums.items()}
         metrics.update(method.status())
         metrics["lr"] = lr
         try:
@@ -217,8 +232,11 @@ def fit(
                 f"{section}: epoch {epoch}, monitor", f"{section}.monitor.batch_size", None
             ):
                 checked = monitor(epoch)
+            stopped_in_monitor = False
         except Stopped:
-            save(progress)
+            checked, stopped_in_monitor = None, True
+        if distributed.any_rank(stopped_in_monitor)[0]:
+            save(whole)
             raise _interrupted(stop, f"{section}: epoch {epoch}, monitor", saved) from None
         if checked:
             metrics.update(checked)
@@ -227,8 +245,17 @@ def fit(
         on_epoch(epoch, metrics)
         progress = Progress(epoch)
         save(progress)
-        if stop:
+        if distributed.any_rank(bool(stop))[0]:
             raise _interrupted(stop, f"{section}: end of epoch {epoch}", saved)
+
+
+def _global(progress: Progress) -> Progress:
+    """``progress`` with its sums and count over every rank (itself with one process)."""
+    if distributed.world() == 1:
+        return progress
+    local = {k: float(v) for k, v in progress.sums.items()}
+    sums, count = distributed.sums(local, progress.count)
+    return Progress(progress.epoch, progress.batch, sums, count)
 
 
 _SHOWN = ("loss", "clean_acc", "pgd_acc", "tau_nat", "w_adv")
@@ -249,8 +276,14 @@ def _out_of_memory(where: str, key: str, value: int | None) -> Iterator[None]:
 
 
 def _interrupted(stop: Any, where: str, saved: str) -> Interrupted:
-    kept = f"{saved} is saved" if saved else "no state is saved (run.state_dir is null)"
-    name = getattr(stop, "name", "a stop request")
+    if saved:
+        kept = f"{saved} is saved"
+    elif not distributed.is_main():
+        kept = "rank 0 saves the state"
+    else:
+        kept = "no state is saved (run.state_dir is null)"
+    # another rank's request (several processes) when this one got none
+    name = getattr(stop, "name", "a stop request") if stop else "another process's stop request"
     return Interrupted(
         f"{where}: stopped by {name}; {kept}; run the same command again to continue",
         getattr(stop, "signum", 15) or 15,

@@ -10,6 +10,7 @@ end, after which the state is removed and the outputs are hard-linked under
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bmtard import distributed
 from bmtard.accuracy import monitor as run_monitor
 from bmtard.checkpoint import ModelSpec, TrainingRecord, save_model, saved_record
 from bmtard.config import MonitorConfig, OptimConfig, RunConfig, to_dict
@@ -33,7 +35,7 @@ from bmtard.selection import Selection
 from bmtard.stage_data import StageData
 from bmtard.stop import StopRequest
 from bmtard.tracking import Tracker
-from bmtard.train import Method, Parts, Stopped, fit, make_optimizer
+from bmtard.train import Method, NoSaver, Parts, Stopped, fit, make_optimizer
 from bmtard.train_state import Progress, RandomState, StateStore, TrainingState
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,8 @@ def train_and_save(
     store = StateStore(run.state_dir, section, state_key(key, outputs.model))
     model_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     check_free_space(section, model_bytes, outputs.model, store.stage_dir)
-    for other in store.others():
+    main = distributed.is_main()  # with several processes, only rank 0 writes
+    for other in store.others() if main else []:
         log.warning(
             "%s: %s was saved by a run with other parameters, inputs or code: not used "
             "(delete it to free %.1f MB)", section, other, other.stat().st_size / 2**20,
@@ -121,20 +124,23 @@ def train_and_save(
     sel = Selection(selection)
     history: list[dict[str, float]] = []
     start = _resume(store, parts, sel, history)
-    with Tracker(outputs.live, outputs.tb) as tracker:
-        tracker.replay(history)
+    with Tracker(outputs.live, outputs.tb) if main else contextlib.nullcontext() as tracker:
+        if main:
+            tracker.replay(history)
 
         def check(epoch: int) -> dict[str, float] | None:
-            if not should_monitor(epoch, optim.epochs, monitor):
+            if not main or not should_monitor(epoch, optim.epochs, monitor):
                 return None
             return run_monitor(model, data.test, monitor, device, run.seed, on_batch=_stopper(stop))
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            if not main:
+                return
             history.append({"step": epoch, **metrics})
             tracker.log(epoch, metrics)
             sel.consider(epoch, optim.epochs, metrics, model)
 
-        saver = _Saver(store, parts, sel, history, run.save_every_minutes)
+        saver = _Saver(store, parts, sel, history, run.save_every_minutes) if main else NoSaver()
         log.info(
             "%s: %d train images, %d monitor images, epochs %d-%d of %d on %s",
             section, batches.num_images, data.test.n_first(monitor.n_images),
@@ -144,6 +150,8 @@ def train_and_save(
             parts, optim, section=section, monitor=check, on_epoch=on_epoch, start=start,
             saver=saver, stop=stop,
         )  # fmt: skip
+        if not main:
+            return sel
         tracker.summary(
             {
                 "selected_epoch": sel.best_epoch,
@@ -245,6 +253,11 @@ def _resume(
     history[:] = state.history
     state.rng.restore()
     p = state.progress
+    if not distributed.is_main():
+        # rank 0 saved the sums of every rank, and its own random state: start this rank's
+        # sums afresh, and give its attacks' noise a stream of its own again
+        p = dataclasses.replace(p, sums={}, count=0)
+        torch.manual_seed((torch.initial_seed() + 1_000_003 * distributed.rank() + p.epoch) % 2**63)
     log.info("resuming from %s, the state %s", store.path, describe(p))
     return p
 

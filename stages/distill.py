@@ -19,7 +19,7 @@ def add_arguments(p):
 
 
 def main(params, args, stop):
-    device = runtime.setup(params.run)
+    device = runtime.setup(params.run, parallel=True)
     run_distill(
         params.run,
         params.distill,
@@ -33,4 +33,4 @@ def main(params, args, stop):
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, add_arguments, main, name="distill", gpu=True)
+    run_stage(__doc__, add_arguments, main, name="distill", gpu=True, module="stages.distill")

@@ -45,7 +45,7 @@ def main(params, args, stop):
     else:
         train, cfg = train_robust_teacher, params.robust_teacher
     run = dataclasses.replace(params.run, seed=cfg.seed)  # run.seed is the student's
-    device = runtime.setup(run)
+    device = runtime.setup(run, parallel=True)
     data = StageData.load(args.data)
     outputs = Outputs(Path(args.out), Path(args.live), Path(args.tb))
     train(run, cfg, data, device, outputs, stop, methods)
@@ -53,5 +53,10 @@ def main(params, args, stop):
 
 if __name__ == "__main__":
     run_stage(
-        __doc__, add_arguments, main, name=lambda args: f"train_{args.role}_teacher", gpu=True
+        __doc__,
+        add_arguments,
+        main,
+        name=lambda args: f"train_{args.role}_teacher",
+        gpu=True,
+        module="stages.train_teacher",
     )

@@ -375,7 +375,9 @@ def test_new_run_keys_have_their_documented_defaults():
             "precision",
             "channels_last",
             "compile",
+            "processes",
         ]
+    assert (run.processes, RunConfig().processes) == (1, 1)  # the faithful single process
 
 
 def leaves(cls: type, prefix: str = ""):

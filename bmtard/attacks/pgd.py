@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 #: a loss to maximise: (logits (N, K)) -> scalar; it must be a sum over samples, so that each
 #: sample's gradient does not depend on the others in the batch.
@@ -39,6 +40,10 @@ def pgd(
     """
     if init not in INITS:
         raise ValueError(f"init = {init!r}: allowed are {', '.join(INITS)}")
+    # the gradient is with respect to x only: a DDP wrapper (several training processes) would
+    # prepare its gradient all-reduce and copy buffers at every forward, so run its module
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
     x = x.detach()
     if delta0 is not None:
         x_adv = (x + delta0).clamp(0, 1)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
+from bmtard import distributed
 from bmtard.attacks.pgd import pgd_ce
 from bmtard.balance import Balance
 from bmtard.config import TrainAttackConfig
@@ -55,10 +56,14 @@ class BMTARD:
         p_tn = teacher_probs(ex.teacher_logits(self.teacher_nat, x), b.tau_nat)
         loss_adv = self.kl_scale * kl_to_teacher(z_sa, p_ta, self.kl_reduction)
         loss_nat = self.kl_scale * kl_to_teacher(z_sn, p_tn, self.kl_reduction)
+        # over the whole batch when it is shared by several processes (the same on every rank)
+        e_adv, e_nat, l_adv, l_nat = distributed.batch_mean(
+            len(y), neg_entropy(p_ta), neg_entropy(p_tn), loss_adv, loss_nat
+        )
         # Entropy-Based Balance: computed with this batch's temperatures, used from the next one.
-        b.update_temperatures(neg_entropy(p_ta), neg_entropy(p_tn), rate_factor)
+        b.update_temperatures(e_adv, e_nat, rate_factor)
         # Normalization Loss Balance: the weights already include this batch's losses.
-        b.update_weights(loss_adv, loss_nat, rate_factor)
+        b.update_weights(l_adv, l_nat, rate_factor)
         loss = b.w_adv.to(loss_adv.dtype) * loss_adv + b.w_nat.to(loss_nat.dtype) * loss_nat
         return loss, {
             "loss": loss.detach(),
