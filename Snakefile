@@ -101,6 +101,15 @@ def gpus(stage, params):
     )
 
 
+def gpu_stage_threads():
+    """A GPU stage's threads: every core given with --cores (it has the machine to itself); 1
+    without --cores, as on a cluster, where the profile's set-threads sizes each job."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return 1
+
+
 def snake_outputs(paths):
     return [p if "." in p.rsplit("/", 1)[-1] else directory(p) for p in paths]
 
@@ -184,7 +193,7 @@ for stage_name, stage in STAGES.items():
             f"logs/{stage_name}.log",
         conda:
             "envs/bmtard.yaml"
-        threads: workflow.cores if stage.get("meta", {}).get("gpu") else 1
+        threads: gpu_stage_threads() if stage.get("meta", {}).get("gpu") else 1
         resources:
             gpu=gpus(stage, config),
         params:
@@ -225,7 +234,7 @@ if EXPERIMENTS:
                 exp="|".join(re.escape(e.name) for e in EXPERIMENTS),
             conda:
                 "envs/bmtard.yaml"
-            threads: workflow.cores if stage.get("meta", {}).get("gpu") else 1
+            threads: gpu_stage_threads() if stage.get("meta", {}).get("gpu") else 1
             resources:
                 gpu=lambda wc, stage=stage: gpus(stage, EXP_PARAMS[wc.exp]),
             params:
