@@ -207,6 +207,10 @@ for stage_name, stage in STAGES.items():
 
 if EXPERIMENTS:
 
+    # writing an experiment's params file is no job for a cluster: it runs where Snakemake runs
+    localrules:
+        grid_params,
+
     rule grid_params:
         output:
             f"{RESULTS}/{{exp}}/params.yaml",

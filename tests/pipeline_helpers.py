@@ -18,7 +18,7 @@ BIN = Path(sys.executable).parent
 # The quick preset made smaller still, so that each engine runs the whole DAG in well under a
 # minute on 2 CPU cores. Values are (dotted key, value) over presets/quick.yaml.
 TINY = {
-    "run.num_threads": 2,
+    "run.num_threads": 1,  # two tests run at once (tests/conftest.py)
     "data.train_limit": 100,
     "data.test_limit": 40,
     "clean_teacher.width": 0.125,

@@ -17,6 +17,7 @@ from bmtard import gpu_slots
 from bmtard.errors import ParamsError
 
 from conftest import ROOT
+from pipeline_helpers import env as pipeline_env
 
 # A job: claim a slot as a GPU stage does, hold it, record (CUDA_VISIBLE_DEVICES, start, end).
 JOB = """
@@ -153,3 +154,43 @@ def test_snakemake_gpu_jobs_never_share_a_gpu(tmp_path, granted):
     records = [json.loads((tmp_path / f"job{i}.json").read_text()) for i in range(6)]
     _never_shared(records)
     assert {r["gpu"] for r in records} == {"0", "1"}
+
+
+DVC_YAML = """
+stages:
+  job:
+    cmd: {python} {job} {records}/job-${{x}}.json 3.0
+    params: [x]
+    outs: [done.txt]
+"""
+
+
+def test_dvc_queue_jobs_never_share_a_gpu(tmp_path):
+    """`dvc queue start -j 3` (here `dvc exp run --run-all -j 3`, which also waits) running three
+    queued experiments on a 2-GPU machine: the slots keep each GPU to one job at a time."""
+    repo, records = tmp_path / "repo", tmp_path / "records"
+    repo.mkdir()
+    records.mkdir()
+    (tmp_path / "job.py").write_text(JOB + "open('done.txt', 'w').write('done')\n")
+    dvc_yaml = DVC_YAML.format(python=sys.executable, job=tmp_path / "job.py", records=records)
+    (repo / "dvc.yaml").write_text(dvc_yaml)
+    (repo / "params.yaml").write_text("x: 0\n")
+    slots = _env(tmp_path, "0,1")
+    env = {**pipeline_env(), **{k: slots[k] for k in ("BMTARD_GPUS", "BMTARD_GPU_LOCKS")}}
+    env["PYTHONPATH"] = str(ROOT)  # the job imports bmtard; dvc's queue workers need dvc on PATH
+    dvc = str(Path(sys.executable).parent / "dvc")
+
+    def run(*cmd: str) -> None:
+        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    run("git", "init", "-q")
+    run(dvc, "init", "-q")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "init")
+    for x in (1, 2, 3):
+        run(dvc, "exp", "run", "--queue", "-S", f"x={x}")
+    run(dvc, "exp", "run", "--run-all", "-j", "3")
+    found = [json.loads((records / f"job-{x}.json").read_text()) for x in (1, 2, 3)]
+    _never_shared(found)
+    assert {r["gpu"] for r in found} == {"0", "1"}  # they did run at once

@@ -3,10 +3,10 @@ one-node cluster on this machine (tools/local_slurm.sh: Debian's slurmctld, slur
 two fake GPUs), the tiny pipeline through the profile, and a distill job killed by its time limit
 that Snakemake submits again and that resumes from its saved training state.
 
-The run starts in the background with the session (tests/slurm_run.py says why); this test waits
-for it and checks it. The profile's CPU, memory and runtime sizes are the paper's (8 CPUs, 32 GB,
-hours); this node has 2 CPUs, so the run overrides them on the command line, as a user of a small
-cluster would. Needs root (the daemons, fake device nodes, apt when the packages are missing).
+The run is tests/slurm_run.py's. The profile's CPU, memory and runtime sizes are the paper's
+(8 CPUs, 32 GB, hours); this node has 2 CPUs, so the run overrides them on the command line, as a
+user of a small cluster would. Needs root (the daemons, fake device nodes, apt when the packages
+are missing).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 
 import pytest
 import yaml
@@ -25,25 +24,21 @@ from conftest import ROOT
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def jobs() -> list[dict[str, str]]:
-    """Every job slurmctld still remembers (for MinJobAge, 300 s), as key=value fields."""
-    out = subprocess.run(
-        ["scontrol", "show", "job", "-o"],
-        env={**os.environ, **slurm_run.cluster_env()},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    lines = [line for line in out.splitlines() if "JobId=" in line]
+def jobs(text: str) -> list[dict[str, str]]:
+    """The jobs of ``scontrol show job -o`` output, as key=value fields."""
+    lines = [line for line in text.splitlines() if "JobId=" in line]
     return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in lines]
 
 
-def test_pipeline_through_the_slurm_profile_resumes_after_a_time_limit():
-    run = slurm_run.result()
-    if run is None:
+def test_pipeline_through_the_slurm_profile_resumes_after_a_time_limit(tmp_path):
+    if os.geteuid() != 0:
         pytest.skip("the local SLURM cluster needs root (daemons, device nodes, apt)")
+    try:
+        run = slurm_run.run_pipeline(tmp_path)
+    finally:
+        slurm_run.stop()
     assert run.error is None, f"{run.error}\n{run.out[-5000:]}"
-    assert run.proc.returncode == 0, run.out[-5000:]
+    assert run.returncode == 0, run.out[-5000:]
     repo = run.repo
     assert run.marker.exists()  # the first attempt did stop mid-batch
     for stage in STAGES.values():  # every output of every stage
@@ -58,7 +53,7 @@ def test_pipeline_through_the_slurm_profile_resumes_after_a_time_limit():
     assert "resuming from" in log and "the state at epoch 1, batch 2" in log, log[-2000:]
     assert "SLURM status is: 'TIMEOUT'" in run.out
     by_rule: dict[str, list[dict[str, str]]] = {}
-    for job in jobs():
+    for job in jobs(run.jobs.read_text()):
         if job.get("WorkDir") != str(repo):
             continue
         rule = re.search(r"rule_([a-z_]+?)(_wildcards|$)", job.get("Comment", ""))
