@@ -1,7 +1,7 @@
 """Several processes in one training stage (``run.processes``, under torchrun), data parallel.
 
-A stage with ``run.processes: N > 1`` starts ``torchrun --standalone --nproc_per_node N`` on
-itself (``bmtard.launch``); each worker finds its rank in torchrun's environment. The plan:
+A stage with ``run.processes: N > 1`` runs itself as N workers with torchrun's launcher
+(``bmtard.launch``); each worker finds its rank in torchrun's environment. The plan:
 
 - every rank draws the same global batch (the loader's seed is shared) and keeps its contiguous
   share of the rows (``shard``), so the N shares of a step are exactly the single-process batch;
@@ -137,13 +137,6 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
             model, device_ids=[device.index], broadcast_buffers=False
         )
     return nn.parallel.DistributedDataParallel(model)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (``model`` itself otherwise)."""
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        return model.module
-    return model
 
 
 def batch_mean(n: int, *values: Tensor) -> tuple[Tensor, ...]:
