@@ -60,6 +60,16 @@ def is_main() -> bool:
     return rank() == 0
 
 
+#: rank r seeds its random generators with seed + r * RANK_SEED_STRIDE (the attacks' random
+#: starts differ between ranks; rank 0 draws what a single process draws)
+RANK_SEED_STRIDE = 1_000_003
+
+
+def rank_seed(seed: int) -> int:
+    """This rank's seed for a run seeded with ``seed`` (``seed`` itself on rank 0)."""
+    return seed + rank() * RANK_SEED_STRIDE
+
+
 def launched_size(env: dict[str, str] | None = None) -> int:
     """The number of processes torchrun started (its ``WORLD_SIZE``), 1 outside torchrun."""
     env = os.environ if env is None else env

@@ -27,11 +27,6 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-#: rank r of several training processes seeds with run.seed + r * RANK_SEED_STRIDE (the attacks'
-#: random starts differ between ranks; rank 0 draws what a single process draws)
-RANK_SEED_STRIDE = 1_000_003
-
-
 def setup(run: RunConfig, *, parallel: bool = False) -> torch.device:
     """Seed every RNG, set determinism, and use the CPU threads this process was given
     (``bmtard.execution.threads_given``: never every core of a shared node); return the device.
@@ -43,7 +38,7 @@ def setup(run: RunConfig, *, parallel: bool = False) -> torch.device:
     device = resolve_device(run.device)
     if parallel and (run.processes > 1 or distributed.launched_size() > 1):
         device = distributed.start(run.processes, device)
-    seed = (run.seed + distributed.rank() * RANK_SEED_STRIDE) % 2**32  # numpy's limit
+    seed = distributed.rank_seed(run.seed) % 2**32  # numpy's limit
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device

@@ -257,7 +257,7 @@ def _resume(
         # rank 0 saved the sums of every rank, and its own random state: start this rank's
         # sums afresh, and give its attacks' noise a stream of its own again
         p = dataclasses.replace(p, sums={}, count=0)
-        torch.manual_seed((torch.initial_seed() + 1_000_003 * distributed.rank() + p.epoch) % 2**63)
+        torch.manual_seed(distributed.rank_seed(torch.initial_seed() + p.epoch) % 2**63)
     log.info("resuming from %s, the state %s", store.path, describe(p))
     return p
 

@@ -10,11 +10,9 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-import yaml
 
 from bmtard import distributed, gpu_slots
 from bmtard.checkpoint import saved_record
@@ -24,7 +22,14 @@ from bmtard.errors import ParamsError
 from conftest import ROOT
 from ddp_trajectory import trajectory
 from pipeline_helpers import copy_project, run
-from test_stages import DISTILL, copy_of, prepared, stage, tiny_params  # noqa: F401 (fixture)
+from test_stages import (  # noqa: F401 (prepared: the fixture)
+    DISTILL,
+    copy_of,
+    prepared,
+    sigterm_distill,
+    stage,
+    tiny_params,
+)
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
@@ -148,18 +153,8 @@ def test_distill_stage_as_two_workers_stops_together_resumes_and_writes_once(pre
     resumes and finishes, and the outputs and the log are rank 0's alone."""
     repo = copy_of(prepared, tmp_path)
     params = tiny_params(run={"processes": 2})
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *DISTILL, "--params", "params.yaml"],
-        cwd=repo, env=env, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 240
-    while not list(repo.glob(".cache/train/distill/*.pt")) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the first saved state: training is under way
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=240)
-    assert proc.returncode == 143, err[-3000:]
+    returncode, err = sigterm_distill(repo, params, timeout=240)
+    assert returncode == 143, err[-3000:]
     stopped = [ln for ln in err.splitlines() if ln.startswith("stopped: ")]
     assert len(stopped) == 2, err[-3000:]  # rank 0: where; the stage: that both stopped
     assert "stopped by SIGTERM" in stopped[0] and "is saved" in stopped[0]

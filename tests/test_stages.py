@@ -208,24 +208,31 @@ def test_resume_dir_that_cannot_be_created_is_one_line(prepared, tmp_path):
     assert not (repo / "metrics").exists()
 
 
+def sigterm_distill(repo, params: dict, timeout: float) -> tuple[int, str]:
+    """Run the distill stage in ``repo`` with ``params``, SIGTERM it once its first training state
+    is saved (training is under way), and return its exit code and stderr."""
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *DISTILL, "--params", "params.yaml"],
+        cwd=repo, env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while not list(repo.glob(".cache/train/distill/*.pt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
 def test_sigterm_saves_the_state_and_the_rerun_finishes_identically(prepared, tmp_path):
     """What SLURM does at a time limit: SIGTERM, then (later) SIGKILL. The stage saves, says so
     in one line and exits with 143; the same command then finishes it, to the same bytes."""
     ref = copy_of(prepared, tmp_path / "ref")
     assert stage(ref, tiny_params(), *DISTILL).returncode == 0
     repo = copy_of(prepared, tmp_path / "run")
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *DISTILL, "--params", "params.yaml"],
-        cwd=repo, env=env, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not list(repo.glob(".cache/train/distill/*.pt")) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the first saved state: training is under way
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-2000:]
+    returncode, err = sigterm_distill(repo, tiny_params(), timeout=120)
+    assert returncode == 143, err[-2000:]
     stopped = [ln for ln in err.splitlines() if ln.startswith("stopped: ")]
     assert len(stopped) == 1 and "stopped by SIGTERM" in stopped[0], err[-2000:]
     assert "run the same command again to continue" in stopped[0]
