@@ -8,7 +8,7 @@ passed as rule params so that a change reruns it). `meta: {gpu: 1}` in dvc.yaml 
 worker). Edit parameters in params.yaml only (not --config): the stage scripts read params.yaml
 themselves.
 
-A grid (`--configfile presets/grid.yaml`, bmtard/grid.py) runs the stages that read `distill` or
+A grid (`--configfile presets/grid.yaml`, bmtard/experiments/grid.py) runs the stages that read `distill` or
 `evaluate` (and those after them) once per experiment, as rules `<stage>_grid` writing under
 `results/<experiment>/` with that experiment's `results/<experiment>/params.yaml`; the data and the
 teachers are shared, and each teacher is trained if one of the grid's methods learns from it.
@@ -26,10 +26,10 @@ configfile: "params.yaml"
 
 
 sys.path.insert(0, workflow.basedir)  # the bmtard package beside this file
-from bmtard import grid as grids
-from bmtard import project_lock
-from bmtard.config import load_params
-from bmtard.errors import BmtardError
+from bmtard.experiments import grid as grids
+from bmtard.core import project_lock
+from bmtard.config.params import load_params
+from bmtard.core.errors import BmtardError
 from snakemake.exceptions import WorkflowError
 
 # from --configfile: the one key that is not in params.yaml
@@ -153,7 +153,7 @@ for stale in project_lock.clear_stale_snakemake_locks():
 
 
 onstart:
-    # one engine at a time in this folder (bmtard/project_lock.py); released when Snakemake ends
+    # one engine at a time in this folder (bmtard/core/project_lock.py); released when Snakemake ends
     try:
         PROJECT_LOCK.append(project_lock.hold_for_run("snakemake"))
     except BmtardError as e:  # before any job; Snakemake releases its own lock

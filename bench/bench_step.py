@@ -3,7 +3,7 @@
 Measures images/s and peak memory of
   (a) one B-MTARD training step as the pipeline runs it (data on the device, balance state on
       the device, no ``.item()``, the precision/layout/compile asked for);
-  (b) the same B-MTARD step structured as the official code (``bmtard.reference``: fp32, a
+  (b) the same B-MTARD step structured as the official code (``bmtard.methods.reference``: fp32, a
       torchvision DataLoader with CPU transforms, ``.item()`` per step), and the ratio (a)/(b);
   (c) one TRADES step of the robust teacher (the pipeline's step);
   (d) one PGD-20 evaluation batch (PGD_SAT of the protocol, fp32, eval mode, plus the clean pass);
@@ -39,16 +39,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from bmtard.attacks.pgd import pgd_ce
-from bmtard.balance import Balance
-from bmtard.config import BalanceConfig, RunConfig, TrainAttackConfig
-from bmtard.execution import Execution, threads_given
-from bmtard.loader import Batches
+from bmtard.config.params import BalanceConfig, RunConfig, TrainAttackConfig
+from bmtard.data.loader import Batches
+from bmtard.data.splits import Split
 from bmtard.methods.adversarial import TRADES
 from bmtard.methods.b_mtard import BMTARD
+from bmtard.methods.balance import Balance
+from bmtard.methods.reference import FloatBalance, device_batches, official_loader, official_step
 from bmtard.models import ARCHS, build_model
-from bmtard.reference import FloatBalance, device_batches, official_loader, official_step
-from bmtard.splits import Split
-from bmtard.train import CHECK_EVERY, FiniteGuard
+from bmtard.runtime.execution import Execution, threads_given
+from bmtard.training.loop import CHECK_EVERY, FiniteGuard
 
 TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # CIFAR
 EPOCHS = {"bmtard": 300, "trades": 76}  # the paper's runs (params.yaml)
@@ -191,7 +191,7 @@ def sgd(model: nn.Module) -> torch.optim.SGD:
 
 
 def loop_step(model, method, split, args, device) -> Callable[[], None]:
-    """One step of ``bmtard.train.fit``'s loop: a batch from the device-resident loader, the
+    """One step of ``bmtard.training.loop.fit``'s loop: a batch from the device-resident loader, the
     method's loss, the finiteness record, SGD, the logged sums on the device, and the finiteness
     check (one sync) every ``CHECK_EVERY`` steps."""
     opt = sgd(model)
@@ -215,7 +215,7 @@ def loop_step(model, method, split, args, device) -> Callable[[], None]:
 
 
 def bmtard_new(args, device, split) -> Callable[[], None]:
-    """The pipeline's step (``bmtard.methods.b_mtard`` in ``bmtard.train.fit``'s loop)."""
+    """The pipeline's step (``bmtard.methods.b_mtard`` in ``bmtard.training.loop.fit``'s loop)."""
     ex = Execution(args.precision, args.channels_last, args.compile, device.type)
     m = build(args, device)
     ex.student(m.student)

@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from bmtard import runtime
-from bmtard.cli import run_stage
-from bmtard.distill import run_distill
-from bmtard.stage_data import StageData
-from bmtard.training_stage import Outputs
+from bmtard.data.stage_data import StageData
+from bmtard.runtime import device as runtime
+from bmtard.runtime.cli import run_stage
+from bmtard.training.distill import run_distill
+from bmtard.training.stage import Outputs
 
 
 def add_arguments(p):

@@ -3,9 +3,9 @@ manifest (params: data)."""
 
 from pathlib import Path
 
-from bmtard.cli import run_stage
-from bmtard.datasets import prepare
-from bmtard.io import write_json
+from bmtard.core.io import write_json
+from bmtard.data.datasets import prepare
+from bmtard.runtime.cli import run_stage
 
 
 def add_arguments(p):

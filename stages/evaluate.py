@@ -1,9 +1,9 @@
 """Stage evaluate: the attack protocol on the student, and a check of both teachers
 (params: run, evaluate)."""
 
-from bmtard import runtime
-from bmtard.cli import run_stage
-from bmtard.evaluate import evaluate_pipeline
+from bmtard.evaluation.evaluate import evaluate_pipeline
+from bmtard.runtime import device as runtime
+from bmtard.runtime.cli import run_stage
 
 
 def add_arguments(p):
@@ -12,6 +12,7 @@ def add_arguments(p):
     p.add_argument("--clean-teacher", required=True, help="clean teacher checkpoint")
     p.add_argument("--robust-teacher", required=True, help="robust teacher checkpoint")
     p.add_argument("--metrics", required=True, help="metrics JSON to write (accuracies in %%)")
+    p.add_argument("--details", required=True, help="JSON of the other numbers to write")
     p.add_argument("--card", required=True, help="model card JSON to write next to the student")
     p.add_argument("--plots", required=True, help="folder for eps_curve.csv and per_class.csv")
 
@@ -27,6 +28,7 @@ def main(params, args, stop=None):
         clean_teacher=args.clean_teacher,
         robust_teacher=args.robust_teacher,
         metrics=args.metrics,
+        details=args.details,
         card=args.card,
         plots=args.plots,
     )

@@ -5,12 +5,13 @@ from it (params: run but its seed, and clean_teacher or robust_teacher, with a s
 import dataclasses
 from pathlib import Path
 
-from bmtard import method_table, runtime
-from bmtard.cli import run_stage
-from bmtard.errors import ParamsError
-from bmtard.stage_data import StageData
-from bmtard.teachers import train_clean_teacher, train_robust_teacher
-from bmtard.training_stage import Outputs
+from bmtard.config import method_table
+from bmtard.core.errors import ParamsError
+from bmtard.data.stage_data import StageData
+from bmtard.runtime import device as runtime
+from bmtard.runtime.cli import run_stage
+from bmtard.training.stage import Outputs
+from bmtard.training.teachers import train_clean_teacher, train_robust_teacher
 
 
 def add_arguments(p):

@@ -1,4 +1,4 @@
-"""Shared fixtures: the repository root, the offline CIFAR-10 sample, tiny models.
+"""Shared fixtures: the repository root, the CIFAR-10 sample it ships, tiny models.
 
 The suite runs in two processes (pytest-xdist, ``-n 2`` in pyproject.toml), each test and each
 stage it starts with one CPU thread: on the tiny models of the tests a second thread gains
@@ -8,7 +8,12 @@ processes use both cores (two pipeline runs at once took 55 s).
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +22,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmtard.loader import to_tensor
-from bmtard.splits import Split
+from bmtard.data.loader import to_tensor
+from bmtard.data.splits import Split
 
-os.environ["OMP_NUM_THREADS"] = "1"  # the stages the tests start (bmtard.execution.threads_given)
+os.environ["OMP_NUM_THREADS"] = (
+    "1"  # the stages the tests start (bmtard.runtime.execution.threads_given)
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT.parent / "shared" / "data" / "cifar10-sample"
-LOSSLESS = SAMPLE / "lossless-subset"
+#: the CIFAR-10 sample the repository ships (exact pixels, the original layout: data/cifar10-sample)
+SAMPLE = ROOT / "data" / "cifar10-sample"
+
+
+def committed(rel: str) -> str:
+    """A file as the last commit holds it: what the repository ships."""
+    return subprocess.run(
+        ["git", "show", f"HEAD:{rel}"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+
+
+@functools.cache
+def shipped_params() -> Path:
+    """params.yaml as the repository ships it (the last commit's), in a file of its own: README's
+    main job copies a preset over the working copy, which must change no test about the shipped
+    settings."""
+    folder = Path(tempfile.mkdtemp(prefix="bmtard-shipped-"))
+    atexit.register(shutil.rmtree, folder, True)
+    path = folder / "params.yaml"
+    path.write_text(committed("params.yaml"))
+    return path
 
 
 @pytest.fixture(autouse=True)
@@ -52,12 +78,6 @@ class TinyNet(nn.Module):
 def tiny_net() -> TinyNet:
     torch.manual_seed(0)
     return TinyNet().eval()
-
-
-def require_sample() -> Path:
-    if not (LOSSLESS / "cifar-10-batches-py").is_dir():
-        pytest.skip(f"offline CIFAR-10 sample not found at {SAMPLE}")
-    return LOSSLESS
 
 
 def synthetic(n: int, seed: int) -> Split:

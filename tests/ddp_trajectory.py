@@ -17,15 +17,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, as a script
 
-from bmtard import distributed  # noqa: E402
-from bmtard.balance import Balance  # noqa: E402
-from bmtard.checkpoint import ModelSpec  # noqa: E402
-from bmtard.config import BalanceConfig, OptimConfig, TrainAttackConfig  # noqa: E402
-from bmtard.loader import Batches  # noqa: E402
+from bmtard.config.params import BalanceConfig, OptimConfig, TrainAttackConfig  # noqa: E402
+from bmtard.core import distributed  # noqa: E402
+from bmtard.data.loader import Batches  # noqa: E402
+from bmtard.data.splits import Split  # noqa: E402
 from bmtard.methods.b_mtard import BMTARD  # noqa: E402
+from bmtard.methods.balance import Balance  # noqa: E402
 from bmtard.models import build_model  # noqa: E402
-from bmtard.splits import Split  # noqa: E402
-from bmtard.train import Parts, fit, make_optimizer  # noqa: E402
+from bmtard.models.checkpoint import ModelSpec  # noqa: E402
+from bmtard.training.loop import Parts, fit, make_optimizer  # noqa: E402
 
 WIDTH = 0.0625
 BATCH = 16  # global batch: 8 images per rank with two processes

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import LOSSLESS, ROOT
+from conftest import ROOT, SAMPLE
 
 BIN = Path(sys.executable).parent
 
@@ -50,7 +50,10 @@ def set_key(params: dict, dotted: str, value) -> None:
 
 
 def project_files() -> list[str]:
-    """Files git tracks plus untracked ones it does not ignore (the working tree as committed)."""
+    """What the repository holds, as it is in the working tree: the files git tracks and new ones
+    it does not ignore, without the pipeline's products (dvc.yaml's outputs, dvc.lock,
+    comparison/), which a user's main job leaves in the workspace and a test copy must not take,
+    and without the CIFAR-10 sample, which the copies read where it is (``SAMPLE``)."""
     out = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
@@ -58,7 +61,23 @@ def project_files() -> list[str]:
         text=True,
         check=True,
     ).stdout.split()
-    return [f for f in out if (ROOT / f).is_file()]
+    products = pipeline_products()
+    return [
+        f
+        for f in out
+        if (ROOT / f).is_file() and not any(f == p or f.startswith(f"{p}/") for p in products)
+    ]
+
+
+def pipeline_products() -> set[str]:
+    """Paths the pipeline writes (files and folders), relative to the project."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    paths = {"dvc.lock", "comparison", "results", str(SAMPLE.relative_to(ROOT))}
+    for stage in dvc["stages"].values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                paths.update(entry if isinstance(entry, dict) else [entry])
+    return paths
 
 
 def copy_project(dest: Path, overrides: dict | None = None) -> Path:
@@ -69,7 +88,7 @@ def copy_project(dest: Path, overrides: dict | None = None) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, target)
     params = yaml.safe_load((ROOT / "presets" / "quick.yaml").read_text())
-    set_key(params, "data.local_root", str(LOSSLESS))
+    set_key(params, "data.local_root", str(SAMPLE))
     for key, value in {**TINY, **(overrides or {})}.items():
         set_key(params, key, value)
     write_params(dest, params)
@@ -101,9 +120,16 @@ def env() -> dict[str, str]:
     return e
 
 
-def run(repo: Path, *cmd: str, check: bool = True, timeout: int = 600):
+def run(
+    repo: Path, *cmd: str, check: bool = True, timeout: int = 600, env_extra: dict | None = None
+):
     proc = subprocess.run(
-        list(cmd), cwd=repo, env=env(), capture_output=True, text=True, timeout=timeout
+        list(cmd),
+        cwd=repo,
+        env={**env(), **(env_extra or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(

@@ -1,4 +1,4 @@
-"""The protocol's attacks are declared once (bmtard/attack_table.py) and every reader derives
+"""The protocol's attacks are declared once (bmtard/config/attack_table.py) and every reader derives
 from that table; the attack functions it yields carry exactly the protocol's settings."""
 
 from __future__ import annotations
@@ -7,14 +7,15 @@ import functools
 
 import pytest
 
-from bmtard import attack_table, sanity
-from bmtard.attack_table import ATTACKS, NAMES, pixels
 from bmtard.attacks.autoattack import autoattack
 from bmtard.attacks.cw import cw_inf
 from bmtard.attacks.fgsm import fgsm
 from bmtard.attacks.pgd import pgd_ce
-from bmtard.config import EVAL_ATTACKS, EvaluateConfig
-from bmtard.protocol import protocol_attack
+from bmtard.config import attack_table
+from bmtard.config.attack_table import ATTACKS, NAMES, pixels
+from bmtard.config.params import EVAL_ATTACKS, EvaluateConfig
+from bmtard.evaluation import sanity
+from bmtard.evaluation.protocol import protocol_attack
 
 # the protocol written out by hand (spec section 6.2), at eps 8/255 in pixel units
 E = 8 / 255

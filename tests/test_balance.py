@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from bmtard.balance import Balance, entropy_step, weight_step
-from bmtard.config import BalanceConfig, TrainAttackConfig
-from bmtard.losses import kl_to_teacher, teacher_probs
+from bmtard.config.params import BalanceConfig, TrainAttackConfig
 from bmtard.methods.b_mtard import BMTARD
-from bmtard.reference import FloatBalance
+from bmtard.methods.balance import Balance, entropy_step, weight_step
+from bmtard.methods.losses import kl_to_teacher, teacher_probs
+from bmtard.methods.reference import FloatBalance
 
 
 def t(v: float) -> torch.Tensor:

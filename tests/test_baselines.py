@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from bmtard.attacks.pgd import pgd_ce
-from bmtard.config import TrainAttackConfig
-from bmtard.methods.baselines import ARD, MTARD, RSLAD, MTARDWeights
+from bmtard.config.params import TrainAttackConfig
+from bmtard.methods.balance import MTARDWeights
+from bmtard.methods.baselines import ARD, MTARD, RSLAD
 from bmtard.models import build_model
 
 ATTACK = TrainAttackConfig(steps=2)

@@ -9,7 +9,10 @@ import stat
 import pytest
 import torch
 
-from bmtard.checkpoint import (
+from bmtard.core.errors import BmtardError, CheckpointError
+from bmtard.core.io import remove_stale_temporaries, sha256_file, write_atomic, write_json
+from bmtard.models import build_model
+from bmtard.models.checkpoint import (
     FORMAT,
     CheckpointInfo,
     ModelSpec,
@@ -19,9 +22,6 @@ from bmtard.checkpoint import (
     load_model,
     save_model,
 )
-from bmtard.errors import BmtardError, CheckpointError
-from bmtard.io import remove_stale_temporaries, sha256_file, write_atomic, write_json
-from bmtard.models import build_model
 
 ARCH, CLASSES, WIDTH = "resnet18", 10, 0.125
 SPEC = ModelSpec(ARCH, WIDTH, CLASSES)

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from numpy._core.multiarray import _reconstruct
 
-from bmtard.cifar_files import (
+from bmtard.core.errors import DataError
+from bmtard.data.cifar_files import (
     ALLOWED_GLOBALS,
     _CifarUnpickler,
     read_batch,
     read_batches,
     read_class_names,
 )
-from bmtard.errors import DataError
 
-from conftest import require_sample
+from conftest import SAMPLE
 
 
 class Reduce:
@@ -71,7 +71,7 @@ def globals_asked(path: Path) -> set[str]:
 
 
 def test_real_files_ask_for_exactly_the_numpy_array_names():
-    folder = require_sample() / "cifar-10-batches-py"
+    folder = SAMPLE / "cifar-10-batches-py"
     want = {"numpy.core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype"}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         assert globals_asked(folder / name) == want, name
@@ -244,7 +244,7 @@ def test_class_names(tmp_path):
 
 
 def test_real_class_names():
-    path = require_sample() / "cifar-10-batches-py" / "batches.meta"
+    path = SAMPLE / "cifar-10-batches-py" / "batches.meta"
     assert read_class_names(path, "label_names", 10) == [
         "airplane", "automobile", "bird", "cat", "deer",
         "dog", "frog", "horse", "ship", "truck",

@@ -1,4 +1,5 @@
-"""python -m bmtard.compare: runs of either engine gathered into one table and one picture."""
+"""python -m bmtard.experiments.compare: runs of either engine gathered into one table and one
+picture."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import json
 import pytest
 import yaml
 
-from bmtard import attack_table
-from bmtard.compare import (
+from bmtard.config import attack_table
+from bmtard.experiments.compare import (
     COLUMNS,
     gather,
     main,
@@ -19,7 +20,7 @@ from bmtard.compare import (
     to_markdown,
     write_comparison,
 )
-from bmtard.reported import REPORTED
+from bmtard.experiments.reported import REPORTED
 
 from conftest import ROOT
 
@@ -31,12 +32,11 @@ def _metrics(clean: float, aa: float | None, passed: bool | None = True) -> dict
            "cw_inf": clean - 32}  # fmt: skip
     if aa is not None:
         acc["autoattack"] = aa
-    out = {
-        "accuracy": acc,
-        "weighted_robust": {k: (clean + v) / 2 for k, v in acc.items() if k != "clean"},
-    }
+    out = {**acc, "epoch": 2}  # as the evaluate stage writes it
+    if aa is not None:
+        out["w_robust"] = (clean + aa) / 2
     if passed is not None:
-        out["sanity"] = {"passed": passed, "n_failed": 0 if passed else 1}
+        out["sanity"] = "passed" if passed else "failed"
     return out
 
 
@@ -115,6 +115,42 @@ def test_dvc_experiments_are_read_from_exp_show_json():
     assert (run.name, run.engine, run.method, run.seed, run.accuracy["autoattack"]) == (
         "quick-vole", "dvc", "sat", 3, 41.0,
     )  # fmt: skip
+
+
+def test_the_committed_baseline_is_a_row_named_as_dvc_names_it():
+    """After a commit and an experiment, ``dvc exp show`` has the workspace, the baseline (by its
+    branch, or its short commit when detached) and the experiment: the comparison has the
+    baseline and the experiment from DVC (the workspace comes from its files)."""
+
+    def row(method, clean, aa):
+        return {
+            "params": {"params.yaml": {"data": _params(method)}},
+            "metrics": {"metrics/evaluate.json": {"data": _metrics(clean, aa)}},
+        }
+
+    shown = [
+        {"rev": "workspace", "name": None, "data": row("bmtard", 60.0, 30.0), "experiments": None},
+        {"rev": "abc1234def", "name": "main", "data": row("bmtard", 60.0, 30.0), "experiments": [
+            {"revs": [{"rev": "e1", "name": "quick-vole", "data": row("rslad", 58.0, 31.0)}]},
+        ]},
+        {"rev": "0123456789", "name": None, "data": row("sat", 50.0, 20.0), "experiments": None},
+        {"rev": "fedcba9876", "name": None, "data": {}, "experiments": None},  # no metrics yet
+    ]  # fmt: skip
+    runs = parse_exp_show(shown)
+    assert [(r.name, r.method, r.w_robust) for r in runs] == [
+        ("main", "bmtard", 45.0), ("quick-vole", "rslad", 44.5), ("0123456", "sat", 35.0),
+    ]  # fmt: skip
+
+
+def test_metrics_written_before_the_split_still_read(tmp_path):
+    old = {
+        "accuracy": {"clean": 60.0, "fgsm": 40.0, "autoattack": 30.0, "worst_case": 29.0},
+        "weighted_robust": {"autoattack": 45.0, "fgsm": 50.0},
+        "sanity": {"passed": False, "n_failed": 1},
+    }
+    _finished(tmp_path, "sat", 0, old)
+    (run,) = gather(tmp_path, use_dvc=False)
+    assert (run.w_robust, run.sanity, run.accuracy["fgsm"]) == (45.0, "failed", 40.0)
 
 
 def test_files_and_picture(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bmtard.config import (
+from bmtard.config.params import (
     ARCHS,
     MISSING_KEY,
     SECTIONS,
@@ -20,11 +20,11 @@ from bmtard.config import (
     parse_params,
     to_dict,
 )
-from bmtard.errors import ParamsError
+from bmtard.core.errors import ParamsError
 
-from conftest import ROOT
+from conftest import ROOT, shipped_params
 
-FILES = [ROOT / "params.yaml", ROOT / "presets" / "quick.yaml", ROOT / "presets" / "small.yaml"]
+FILES = [shipped_params(), ROOT / "presets" / "quick.yaml", ROOT / "presets" / "small.yaml"]
 
 
 def keys(d, prefix=""):
@@ -45,7 +45,7 @@ def test_shipped_files_are_valid_and_complete(path):
 
 
 def test_params_yaml_holds_the_paper_settings():
-    p = load_params(ROOT / "params.yaml")
+    p = load_params(shipped_params())
     assert p.distill.method == "bmtard"
     d = p.distill.resolved("cifar10")
     assert (d.arch, d.optim.epochs, d.optim.batch_size, d.optim.lr) == ("resnet18", 300, 128, 0.1)
@@ -88,7 +88,7 @@ def test_model_registry_matches_config_names():
     assert tuple(BUILT) == ARCHS
 
 
-BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
+BASE = yaml.safe_load(shipped_params().read_text())
 
 
 def with_value(dotted, value):
@@ -349,7 +349,7 @@ def test_incomplete_mode_fills_missing_keys_with_defaults():
 
 
 def test_standalone_evaluate_command_uses_the_paper_defaults():
-    from bmtard.evaluate import _config
+    from bmtard.evaluation.evaluate import _config
 
     flags = dict(n_images=7, eps=None, batch_size=None, attacks="fgsm", no_sanity=True)
     args = argparse.Namespace(params=None, seed=None, device=None, **flags)
@@ -359,7 +359,7 @@ def test_standalone_evaluate_command_uses_the_paper_defaults():
 
 
 def test_new_run_keys_have_their_documented_defaults():
-    run = load_params(ROOT / "params.yaml").run
+    run = load_params(shipped_params()).run
     assert (run.save_every_minutes, run.state_dir) == (10.0, ".cache/train")
     assert (RunConfig().save_every_minutes, RunConfig().state_dir) == (10.0, ".cache/train")
     assert parse_params(with_value("run.state_dir", None)).run.state_dir is None
@@ -434,7 +434,7 @@ def test_null_is_allowed_only_where_documented():
 
 
 def test_speed_keys_default_to_the_faithful_path_and_are_validated():
-    run = load_params(ROOT / "params.yaml").run
+    run = load_params(shipped_params()).run
     assert (run.precision, run.channels_last, run.compile) == ("fp32", False, False)
     assert parse_params(with_value("run.precision", "bf16")).run.precision == "bf16"
     with pytest.raises(ParamsError, match=r"^run\.precision = 'fp16': allowed are fp32, bf16$"):

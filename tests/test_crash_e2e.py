@@ -2,7 +2,7 @@
 mid-epoch, during the state write, during the evaluation), run the same command again, and
 compare with an uninterrupted run: the same checkpoint bytes, the same metrics, the same curves.
 
-The kill comes from ``bmtard.faults`` (``BMTARD_FAULT=<stage>/<point>:<n>``): SIGKILL to the
+The kill comes from ``bmtard.core.faults`` (``BMTARD_FAULT=<stage>/<point>:<n>``): SIGKILL to the
 whole process group, i.e. the engine (started in a session of its own) dies with its stage, as
 when a node goes down. Also checked: one engine refuses to run while the other holds the
 project; a failed rerun never deletes another stage's outputs, and the last good outputs stay
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_sample
 from pipeline_helpers import BIN, copy_project, dvc_ran, env, read_params, set_key, write_params
 
 pytestmark = pytest.mark.slow
@@ -63,6 +62,7 @@ def results(repo: Path) -> dict:
     """What a run produced: checkpoint bytes, metrics, and every curve's (step, value) rows."""
     out = {m: (repo / m).read_bytes() for m in MODELS}
     out["metrics"] = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    out["details"] = json.loads((repo / "metrics" / "details.json").read_text())
     for tsv in sorted(repo.glob("dvclive/*/plots/metrics/*.tsv")):
         with open(tsv, newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
@@ -82,7 +82,6 @@ def leftovers(repo: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    require_sample()
     repo = copy_project(tmp_path_factory.mktemp("ref"), CRASHY)
     proc = engine(repo, DVC)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -121,7 +120,6 @@ def test_dvc_repro_resumes_after_kills_to_identical_results(tmp_path, reference)
 @pytest.fixture(scope="module")
 def snake_resumed(tmp_path_factory):
     """A Snakemake run killed inside each stage in turn, then finished with --rerun-incomplete."""
-    require_sample()
     repo = copy_project(tmp_path_factory.mktemp("snake"), CRASHY)
     for i, (stage, point, n) in enumerate(KILLS):
         # the teachers are independent: Snakemake may start either first; the kills are in order

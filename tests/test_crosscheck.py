@@ -21,19 +21,19 @@ from torch import Tensor, nn
 from bmtard.attacks.autoattack import autoattack
 from bmtard.attacks.cw import cw_margin_loss
 from bmtard.attacks.pgd import pgd_ce
-from bmtard.config import DataConfig
-from bmtard.datasets import prepare
-from bmtard.loader import to_tensor
-from bmtard.protocol import protocol_attack
-from bmtard.splits import load_split
+from bmtard.config.params import DataConfig
+from bmtard.data.datasets import prepare
+from bmtard.data.loader import to_tensor
+from bmtard.data.splits import load_split
+from bmtard.evaluation.protocol import protocol_attack
 
-from conftest import require_sample
+from conftest import SAMPLE
 
 N_POINTS = 64
 EPSILONS = (2, 4)  # in 1/255, as the protocol takes them
 AA_EPS = 2  # AutoAttack costs ~13 s here on 2 CPU threads, so it runs at one eps only
 KAPPA = 50.0
-# The protocol's settings, written out independently of bmtard.protocol: (step, steps).
+# The protocol's settings, written out independently of bmtard.evaluation.protocol: (step, steps).
 PGD_SETTINGS = {"pgd_sat": (2 / 255, 20), "pgd_trades": (0.003, 20)}
 CW_STEP, CW_STEPS = 2 / 255, 30
 
@@ -84,7 +84,7 @@ class SmallNet(nn.Module):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[nn.Module, Tensor, Tensor]:
     """(model in eval mode with frozen weights, x (64, 3, 32, 32) in [0, 1], y (64,))."""
-    root = require_sample()
+    root = SAMPLE
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("crosscheck-data")
     cfg = DataConfig(local_root=str(root), verify_md5=False, train_limit=500, test_limit=10)

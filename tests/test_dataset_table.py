@@ -10,9 +10,9 @@ import pytest
 import torch
 from test_baselines import ATTACK, T2, Constant, S, T, X, Y, kl_official, softmax
 
-from bmtard import config, dataset_table, method_table, runtime
-from bmtard.checkpoint import load_model
-from bmtard.config import (
+from bmtard.config import dataset_table, method_table
+from bmtard.config import params as config
+from bmtard.config.params import (
     CleanTeacherConfig,
     DistillConfig,
     MonitorConfig,
@@ -21,13 +21,16 @@ from bmtard.config import (
     RunConfig,
     TrainAttackConfig,
 )
-from bmtard.distill import run_distill
-from bmtard.methods.baselines import MTARD, RSLAD, MTARDWeights
+from bmtard.data.splits import Split
+from bmtard.data.stage_data import StageData
+from bmtard.methods.balance import MTARDWeights
+from bmtard.methods.baselines import MTARD, RSLAD
 from bmtard.models import ARCHS
-from bmtard.splits import Split
-from bmtard.stage_data import StageData
-from bmtard.teachers import train_clean_teacher
-from bmtard.training_stage import Outputs
+from bmtard.models.checkpoint import load_model
+from bmtard.runtime import device as runtime
+from bmtard.training.distill import run_distill
+from bmtard.training.stage import Outputs
+from bmtard.training.teachers import train_clean_teacher
 
 from training_helpers import WIDTH, teachers
 

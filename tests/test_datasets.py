@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from torchvision import datasets as tvd
 
-from bmtard.config import DataConfig
-from bmtard.datasets import balanced_indices, prepare
-from bmtard.errors import DataError
-from bmtard.io import sha256_file, write_json
-from bmtard.splits import Split, load_manifest, load_split, save_split
+from bmtard.config.params import DataConfig
+from bmtard.core.errors import DataError
+from bmtard.core.io import sha256_file, write_json
+from bmtard.data.datasets import balanced_indices, prepare
+from bmtard.data.splits import Split, load_manifest, load_split, save_split
 
-from conftest import require_sample
+from conftest import SAMPLE
 
 
 def write_fake_cifar10(root: Path, per_batch: int = 20) -> Path:
@@ -46,7 +46,7 @@ def md5(path: Path) -> str:
 
 
 def test_local_sample_with_md5_check_off(tmp_path):
-    root = require_sample()
+    root = SAMPLE
     cfg = DataConfig(local_root=str(root), verify_md5=False, train_limit=100, test_limit=50)
     manifest = prepare(cfg, tmp_path)
     train, test = load_split(tmp_path / "train.npz"), load_split(tmp_path / "test.npz")
@@ -63,7 +63,7 @@ def test_local_sample_with_md5_check_off(tmp_path):
 
 
 def test_local_root_may_name_the_batches_folder_itself(tmp_path):
-    root = require_sample()
+    root = SAMPLE
     cfg = DataConfig(
         local_root=str(root / "cifar-10-batches-py"),
         verify_md5=False,
@@ -74,7 +74,7 @@ def test_local_root_may_name_the_batches_folder_itself(tmp_path):
 
 
 def test_subset_fails_the_official_md5_check_with_advice(tmp_path):
-    root = require_sample()
+    root = SAMPLE
     with pytest.raises(DataError, match="set data.verify_md5: false"):
         prepare(DataConfig(local_root=str(root)), tmp_path)
     assert not list(tmp_path.iterdir())  # nothing written
@@ -195,7 +195,7 @@ class Shell:
 def sample_copy(tmp_path) -> Path:
     """A writable copy of the lossless sample's cifar-10-batches-py folder."""
     folder = tmp_path / "copy" / "cifar-10-batches-py"
-    shutil.copytree(require_sample() / "cifar-10-batches-py", folder)
+    shutil.copytree(SAMPLE / "cifar-10-batches-py", folder)
     for f in folder.iterdir():
         f.chmod(0o644)
     return folder
@@ -260,7 +260,7 @@ class TorchvisionSample(tvd.CIFAR10):
 
 
 def test_same_data_as_torchvision(tmp_path):
-    root = require_sample()
+    root = SAMPLE
     manifest = prepare(DataConfig(local_root=str(root), verify_md5=False), tmp_path)
     for name, train in (("train", True), ("test", False)):
         ours = load_split(tmp_path / f"{name}.npz", manifest["splits"][name]["sha256"])
@@ -518,12 +518,12 @@ def test_good_manifest(tmp_path):
 
 
 def test_relative_local_root_is_from_the_project_also_in_a_dvc_queue_copy(tmp_path):
-    from bmtard.datasets import from_project
+    from bmtard.data.datasets import from_project
 
     project = tmp_path / "proj"
     copy = project / ".dvc" / "tmp" / "exps" / "tmpab12"
     copy.mkdir(parents=True)
-    rel = Path("../shared/data")
+    rel = Path("../elsewhere/data")
     assert from_project(rel, copy) == project / rel  # not copy / rel
     assert from_project(rel, project) == rel  # the project itself: as written
     assert from_project(tmp_path / "abs", copy) == tmp_path / "abs"

@@ -1,6 +1,7 @@
-"""Several processes in one training stage (``run.processes``; bmtard.distributed, bmtard.launch):
-the shares of a batch, one balance state on every rank, the single-process trajectory, and the
-distill stage as two torchrun workers (gloo, CPU) that stop together and resume."""
+"""Several processes in one training stage (``run.processes``; bmtard.core.distributed,
+bmtard.core.launch): the shares of a batch, one balance state on every rank, the single-process
+trajectory, and the distill stage as two torchrun workers (gloo, CPU) that stop together and
+resume."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import sys
 import pytest
 import torch
 
-from bmtard import distributed, gpu_slots
-from bmtard.checkpoint import saved_record
-from bmtard.config import parse_params
-from bmtard.errors import ParamsError
+from bmtard.config.params import parse_params
+from bmtard.core import distributed, gpu_slots
+from bmtard.core.errors import ParamsError
+from bmtard.models.checkpoint import saved_record
 
 from conftest import ROOT
 from ddp_trajectory import trajectory

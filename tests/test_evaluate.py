@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from bmtard.checkpoint import ModelSpec, TrainingRecord, save_model
-from bmtard.config import EvaluateConfig, SanityConfig
-from bmtard.evaluate import main
-from bmtard.io import sha256_file
+from bmtard.config.params import EvaluateConfig, SanityConfig
+from bmtard.core.io import sha256_file
+from bmtard.core.provenance import code_version
+from bmtard.data.splits import Split, save_split
+from bmtard.evaluation.evaluate import main
+from bmtard.evaluation.protocol import evaluate_model, per_class
 from bmtard.models import build_model
-from bmtard.protocol import evaluate_model, per_class
-from bmtard.provenance import code_version
-from bmtard.splits import Split, save_split
+from bmtard.models.checkpoint import ModelSpec, TrainingRecord, save_model
 
 from conftest import synthetic, train_linear
 
@@ -146,7 +146,7 @@ def _no_extras() -> dict:
 
 def test_resume_key_includes_the_code(honest, tmp_path, monkeypatch):
     """Results computed by other code are never reused."""
-    from bmtard import protocol
+    from bmtard.evaluation import protocol
 
     model, test = honest
     c = cfg(tmp_path, **_no_extras())
@@ -217,7 +217,8 @@ def _in_tmp(tmp_path, monkeypatch):
 
 
 def run_cli(command: str) -> int:
-    """``python -m bmtard.evaluate <command>`` in-process (paths here contain no spaces)."""
+    """``python -m bmtard.evaluation.evaluate <command>`` in-process (paths here contain no
+    spaces)."""
     return main(command.split())
 
 
@@ -229,8 +230,12 @@ def test_command_writes_metrics_plots_and_card(files, capsys):
     )
     assert rc == 0
     metrics = json.loads((out / "evaluate.json").read_text())
-    assert list(metrics["accuracy"]) == ["clean", "fgsm", "pgd_sat", "worst_case"]
-    assert set(metrics["sanity"]) >= {"passed", "n_failed", "eps_monotone", "gradients"}
+    assert list(metrics) == ["clean", "fgsm", "pgd_sat", "sanity", "epoch"]  # no AA: no w_robust
+    assert metrics["sanity"] in ("passed", "failed") and metrics["epoch"] == 3
+    details = json.loads((out / "details.json").read_text())
+    assert list(details["accuracy"]) == ["clean", "fgsm", "pgd_sat", "worst_case"]
+    assert set(details["sanity"]) >= {"passed", "n_failed", "eps_monotone", "gradients"}
+    assert set(details["weighted_robust"]) == {"fgsm", "pgd_sat", "worst_case"}
     with open(out / "eps_curve.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["eps"] for r in rows] == ["0", "2", "4", "8", "16"]
@@ -243,7 +248,7 @@ def test_command_writes_metrics_plots_and_card(files, capsys):
     assert card["checkpoint_sha256"] == sha256_file(files / "student.pt")
     assert (card["architecture"], card["dataset"], card["eps"]) == ("resnet18", "cifar10", "8/255")
     assert card["n_test_points"] == 20 and card["training"]["epoch"] == 3
-    assert card["clean_acc"] == metrics["accuracy"]["clean"]
+    assert card["clean_acc"] == metrics["clean"]
     # what made the model and what made the numbers
     assert card["training"]["stage"] == "distill" and card["training"]["selection"] == "best"
     assert card["evaluation_code"] == code_version()

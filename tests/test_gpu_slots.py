@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bmtard import gpu_slots
-from bmtard.errors import ParamsError
+from bmtard.core import gpu_slots
+from bmtard.core.errors import ParamsError
 
 from conftest import ROOT
 from pipeline_helpers import env as pipeline_env
@@ -22,7 +22,7 @@ from pipeline_helpers import env as pipeline_env
 # A job: claim a slot as a GPU stage does, hold it, record (CUDA_VISIBLE_DEVICES, start, end).
 JOB = """
 import json, sys, time
-from bmtard import gpu_slots
+from bmtard.core import gpu_slots
 import os
 slot = gpu_slots.claim_for_stage("auto")
 start = time.time()

@@ -1,12 +1,12 @@
-"""Experiment grids (bmtard/grid.py): combinations, names, what may vary, validation."""
+"""Experiment grids (bmtard/experiments/grid.py): combinations, names, what may vary, validation."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from bmtard.errors import ParamsError
-from bmtard.grid import apply, dvc_command, expand, experiment_params, methods
+from bmtard.core.errors import ParamsError
+from bmtard.experiments.grid import apply, dvc_command, expand, experiment_params, methods
 
 from conftest import ROOT
 

@@ -1,6 +1,6 @@
 """A 2-method x 1-seed grid (SAT, RSLAD) through each engine on the tiny preset: the robust
 teacher is trained once, the clean one never (neither method learns from it), each experiment
-has its own outputs, and python -m bmtard.compare gathers them.
+has its own outputs, and python -m bmtard.experiments.compare gathers them.
 
 The grids also carry the two datasets beyond CIFAR-10 through the engines, from small fixtures in
 their real on-disk layouts with the models left to the dataset (``arch: null``): Tiny-ImageNet
@@ -13,7 +13,7 @@ import json
 import pytest
 import yaml
 
-from bmtard.checkpoint import load_model
+from bmtard.models.checkpoint import load_model
 
 from dataset_fixtures import write_cifar100, write_tiny_imagenet
 from pipeline_helpers import BIN, copy_project, dvc_ran, git, run, snakemake_ran
@@ -26,7 +26,7 @@ GRID = {"distill.method": ["sat", "rslad"], "run.seed": [0]}
 NAMES = ["method-sat_seed-0", "method-rslad_seed-0"]
 # AutoAttack on a barely trained tiny student takes minutes on a CPU: left out here
 FAST = {"evaluate.attacks": ["fgsm", "pgd_sat"], "evaluate.sanity.enabled": False}
-# the models the dataset's (bmtard.dataset_table), the KL scale its convention
+# the models the dataset's (bmtard.config.dataset_table), the KL scale its convention
 BY_DATASET = {"robust_teacher.arch": None, "distill.arch": None, "distill.kl_scale": None}
 
 
@@ -36,7 +36,7 @@ def _on(dataset: str, folder) -> dict:
 
 
 def _compare(repo, *flags) -> list[dict]:
-    proc = run(repo, str(BIN / "python"), "-m", "bmtard.compare", *flags)
+    proc = run(repo, str(BIN / "python"), "-m", "bmtard.experiments.compare", *flags)
     assert "| Experiment |" in proc.stdout
     return json.loads(json.dumps(list(_csv(repo / "comparison" / "comparison.csv"))))
 
@@ -49,7 +49,7 @@ def _csv(path):
 
 
 def _no_teacher_file(path) -> bool:
-    from bmtard.checkpoint import saved_record
+    from bmtard.models.checkpoint import saved_record
 
     return saved_record(path) is None and b"no teacher was trained" in path.read_bytes()
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bmtard.loader import Batches, random_crop_flip, to_tensor
-from bmtard.splits import Split
+from bmtard.data.loader import Batches, random_crop_flip, to_tensor
+from bmtard.data.splits import Split
 
 
 def test_to_tensor_layout_and_range():

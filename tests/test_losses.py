@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bmtard.losses import kl_to_teacher, neg_entropy, teacher_probs
+from bmtard.methods.losses import kl_to_teacher, neg_entropy, teacher_probs
 
 
 def hand_kl_row(p, z):

@@ -12,9 +12,8 @@ import pytest
 import torch
 from test_params_fuzz import QUICK
 
-from bmtard import method_table, runtime
-from bmtard.checkpoint import load_model, saved_record
-from bmtard.config import (
+from bmtard.config import method_table
+from bmtard.config.params import (
     DistillConfig,
     MonitorConfig,
     OptimConfig,
@@ -24,12 +23,14 @@ from bmtard.config import (
     parse_params,
     to_dict,
 )
-from bmtard.distill import BUILDERS, run_distill
-from bmtard.errors import CheckpointError, ParamsError
-from bmtard.evaluate import evaluate_pipeline
-from bmtard.io import sha256_file
-from bmtard.teachers import train_clean_teacher, train_robust_teacher
-from bmtard.training_stage import Outputs
+from bmtard.core.errors import CheckpointError, ParamsError
+from bmtard.core.io import sha256_file
+from bmtard.evaluation.evaluate import evaluate_pipeline
+from bmtard.models.checkpoint import load_model, saved_record
+from bmtard.runtime import device as runtime
+from bmtard.training.distill import BUILDERS, run_distill
+from bmtard.training.stage import Outputs
+from bmtard.training.teachers import train_clean_teacher, train_robust_teacher
 
 from training_helpers import WIDTH, teachers, tiny_data
 
@@ -126,11 +127,11 @@ def test_null_is_refused_for_teachers(section, key):
 
 
 def test_shipped_params_resolve_to_the_paper_recipe():
-    from bmtard.config import load_params
+    from bmtard.config.params import load_params
 
-    from conftest import ROOT
+    from conftest import shipped_params
 
-    d = load_params(ROOT / "params.yaml").distill
+    d = load_params(shipped_params()).distill
     assert (d.optim.epochs, d.optim.milestones, d.attack.init) == (None, None, None)
     assert d.resolved("cifar10") == dataclasses.replace(
         Params().distill, ard=d.ard, trades_beta=d.trades_beta
@@ -201,12 +202,12 @@ def _stage(role, tmp_path, data, methods, monkeypatch=None, refuse_training=Fals
         tmp_path / "runs" / role,
     )
     if refuse_training:
-        import bmtard.teachers
+        import bmtard.training.teachers
 
         def no_training(*a, **k):
             raise AssertionError("trained a teacher that was finished already")
 
-        monkeypatch.setattr(bmtard.teachers, "train_and_save", no_training)
+        monkeypatch.setattr(bmtard.training.teachers, "train_and_save", no_training)
     TRAIN[role](run, _teacher_cfgs()[role], data, runtime.setup(run), out, None, methods)
     return out
 
@@ -269,8 +270,8 @@ def test_the_evaluation_opens_only_the_students_teachers(tmp_path, data):
     """A SAT student: no teacher is loaded (both files are placeholders), no transfer check."""
     from test_evaluate import cfg as eval_cfg
 
-    from bmtard.io import write_json
-    from bmtard.splits import save_split
+    from bmtard.core.io import write_json
+    from bmtard.data.splits import save_split
 
     run = RunConfig(seed=0, device="cpu")
     device = runtime.setup(run)
@@ -292,12 +293,12 @@ def test_the_evaluation_opens_only_the_students_teachers(tmp_path, data):
     evaluate_pipeline(
         c, 0, device, data_dir=str(tmp_path / "data"), student=str(student.model),
         clean_teacher=str(placeholders["clean"]), robust_teacher=str(placeholders["robust"]),
-        metrics=str(tmp_path / "eval.json"), card=str(tmp_path / "card.json"),
-        plots=str(tmp_path / "plots"),
+        metrics=str(tmp_path / "eval.json"), details=str(tmp_path / "details.json"),
+        card=str(tmp_path / "card.json"), plots=str(tmp_path / "plots"),
     )  # fmt: skip
-    metrics = json.loads((tmp_path / "eval.json").read_text())
-    assert metrics["teachers"] == {}
-    assert metrics["sanity"]["transfer_vs_white_box"]["passed"] is None
+    details = json.loads((tmp_path / "details.json").read_text())
+    assert details["teachers"] == {}
+    assert details["sanity"]["transfer_vs_white_box"]["passed"] is None
 
 
 def test_the_teacher_stage_names_a_wrong_method_in_one_line():

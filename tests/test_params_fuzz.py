@@ -27,8 +27,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bmtard.cli import run_stage
-from bmtard.config import Params, load_params
+from bmtard.config.params import Params, load_params
+from bmtard.runtime.cli import run_stage
 from stages import download
 
 from conftest import ROOT

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from bmtard.config import Params, RunConfig, to_dict
+from bmtard.config.params import Params, RunConfig, to_dict
 
 from conftest import ROOT
 from pipeline_helpers import BIN, copy_project, run

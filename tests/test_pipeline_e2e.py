@@ -8,12 +8,14 @@ that teacher, distill and evaluate; results can be handed from one engine to the
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 
 import pytest
 import yaml
 
-from conftest import ROOT, require_sample
+from conftest import ROOT
 from pipeline_helpers import (
     BIN,
     copy_project,
@@ -30,6 +32,9 @@ pytestmark = pytest.mark.slow
 
 DVC = str(BIN / "dvc")
 SNAKEMAKE = [str(BIN / "snakemake"), "--cores", "4", "--resources", "gpu=1"]
+#: README's readable view of the experiments (tests/test_layout.py checks README holds it)
+EXP_SHOW_ARGS = ["--drop", r"Created|.*\.", "--keep", "distill.method|run.seed"]
+README_EXP_SHOW = [DVC, "exp", "show", *EXP_SHOW_ARGS]
 STAGES = ["download", "train_clean_teacher", "train_robust_teacher", "distill", "evaluate"]
 DECLARED = [
     o
@@ -51,20 +56,28 @@ def check_outputs(repo):
     for out in DECLARED:
         assert (repo / out).exists(), out
     metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
-    assert list(metrics["accuracy"]) == [*ATTACKS, "worst_case"]
-    for name, acc in metrics["accuracy"].items():
-        assert 0.0 <= acc <= 100.0, name
+    # the metrics are what runs are compared by (dvc exp show), the rest is in details.json
+    assert list(metrics) == [*ATTACKS, "w_robust", "sanity", "epoch"]
+    details = json.loads((repo / "metrics" / "details.json").read_text())
+    acc = details["accuracy"]
+    assert list(acc) == [*ATTACKS, "worst_case"]
+    for name, value in acc.items():
+        assert 0.0 <= value <= 100.0, name
+        assert metrics.get(name, value) == value
+    assert metrics["w_robust"] == pytest.approx((acc["clean"] + acc["autoattack"]) / 2)
+    assert metrics["sanity"] in ("passed", "failed") and metrics["epoch"] == 1
     for a in ATTACKS[1:]:
-        wr = metrics["weighted_robust"][a]
-        assert wr == pytest.approx((metrics["accuracy"]["clean"] + metrics["accuracy"][a]) / 2)
-    assert list(metrics["eps_curve"]) == ["0", "2", "4", "8", "16"]
-    assert set(metrics["sanity"]) >= {"passed", "eps_monotone", "transfer_vs_white_box"}
-    assert metrics["sanity"]["transfer_vs_white_box"]["passed"] is not None  # robust teacher
-    assert set(metrics["teachers"]) == {"clean", "robust"}
-    assert set(metrics["teachers"]["robust"]) == {"clean", "pgd_trades"}
+        wr = details["weighted_robust"][a]
+        assert wr == pytest.approx((acc["clean"] + acc[a]) / 2)
+    assert list(details["eps_curve"]) == ["0", "2", "4", "8", "16"]
+    assert set(details["sanity"]) >= {"passed", "eps_monotone", "transfer_vs_white_box"}
+    assert details["sanity"]["passed"] == (metrics["sanity"] == "passed")
+    assert details["sanity"]["transfer_vs_white_box"]["passed"] is not None  # robust teacher
+    assert set(details["teachers"]) == {"clean", "robust"}
+    assert set(details["teachers"]["robust"]) == {"clean", "pgd_trades"}
     card = json.loads((repo / "models" / "student.card.json").read_text())
     assert (card["architecture"], card["dataset"], card["eps"]) == ("resnet18", "cifar10", "8/255")
-    assert card["clean_acc"] == metrics["accuracy"]["clean"]
+    assert card["clean_acc"] == metrics["clean"]
     assert set(card["teachers"]) == {"clean", "robust"}
     per_class = (repo / "metrics" / "per_class.csv").read_text()
     assert per_class.startswith("class,clean,robust\nairplane,")
@@ -88,7 +101,6 @@ def check_outputs(repo):
 
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory):
-    require_sample()
     repo = copy_project(tmp_path_factory.mktemp("dvc"))
     proc = run(repo, DVC, "repro")
     assert dvc_ran(proc.stdout) == STAGES
@@ -97,7 +109,6 @@ def dvc_repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def snake_repo(tmp_path_factory):
-    require_sample()
     repo = copy_project(tmp_path_factory.mktemp("snake"))
     proc = run(repo, *SNAKEMAKE)
     assert sorted(snakemake_ran(proc.stderr + proc.stdout)) == sorted(STAGES)
@@ -117,9 +128,10 @@ def test_snakemake_produces_every_output_and_a_log_per_rule(snake_repo):
 
 def test_both_engines_give_identical_metrics(dvc_repo, snake_repo):
     """Same params and seed on the CPU: the same numbers, whichever engine ran the stages."""
-    a = json.loads((dvc_repo / "metrics" / "evaluate.json").read_text())
-    b = json.loads((snake_repo / "metrics" / "evaluate.json").read_text())
-    assert a == b
+    for name in ("evaluate.json", "details.json"):
+        a = json.loads((dvc_repo / "metrics" / name).read_text())
+        b = json.loads((snake_repo / "metrics" / name).read_text())
+        assert a == b, name
 
 
 # AutoAttack runs its full FAB-T and 5000-query Square on every point a tiny, barely trained model
@@ -185,21 +197,32 @@ def test_dvc_experiments_record_params_and_accuracies(dvc_repo):
     assert dvc_ran(proc.stdout) == ["distill", "evaluate"]
     shown = json.loads(run(repo, DVC, "exp", "show", "--json").stdout)
     base = shown[0]["data"]["metrics"]["metrics/evaluate.json"]["data"]
-    assert list(base["accuracy"]) == ["clean", *WITHOUT_AA, "worst_case"]
+    assert list(base) == ["clean", *WITHOUT_AA, "sanity", "epoch"]  # no AutoAttack: no W-Robust
     exp = [e for e in shown if e.get("experiments")][0]["experiments"][0]["revs"][0]
     metrics = exp["data"]["metrics"]["metrics/evaluate.json"]["data"]
-    assert list(metrics["accuracy"]) == ["clean", *WITHOUT_AA, "worst_case"]
-    assert metrics["weighted_robust"]["pgd_sat"] == pytest.approx(
-        (metrics["accuracy"]["clean"] + metrics["accuracy"]["pgd_sat"]) / 2
-    )
+    assert list(metrics) == ["clean", *WITHOUT_AA, "sanity", "epoch"]
     assert exp["data"]["params"]["params.yaml"]["data"]["distill"]["balance"]["weight_lr"] == 0.05
     plots = run(repo, DVC, "plots", "show", "--json").stdout
     assert "dvclive/distill/plots/metrics/tau_nat.tsv" in plots
+    # dvc exp show: the metrics are the evaluation's headline only (no dvclive summaries)
+    header = run(repo, DVC, "exp", "show", "--csv").stdout.splitlines()[0].split(",")
+    metrics_at = header.index("clean")
+    assert header[metrics_at : metrics_at + len(WITHOUT_AA) + 3] == list(metrics), header
+    assert not [c for c in header if c.startswith(("step", "train_", "loss", "tau_", "eps_curve"))]
+    # the workspace, the baseline and the experiment; the comparison: the workspace from its
+    # files, the baseline named as dvc exp show names it, the experiment
+    branch = git(repo, "branch", "--show-current").stdout.strip()
+    compare = run(repo, sys.executable, "-m", "bmtard", "compare", "--out", "cmp")
+    names = [row["Experiment"] for row in csv.DictReader(open(repo / "cmp" / "comparison.csv"))]
+    assert names == ["workspace", branch, exp["name"]], compare.stdout
+    # README's short view fits a 160-column terminal
+    view = run(repo, *README_EXP_SHOW, env_extra={"COLUMNS": "160"}).stdout
+    assert view.strip() and max(len(line) for line in view.splitlines()) <= 160, view
+    assert "…" not in view and exp["name"] in view and "distill.method" in view
 
 
 def test_bad_params_stop_before_any_work(tmp_path):
     """An invalid value stops `dvc repro` and `snakemake` with one line naming the key."""
-    require_sample()
     repo = copy_project(tmp_path / "bad", {"distill.optim.epochs": 0})
     proc = run(repo, DVC, "repro", check=False)
     assert proc.returncode != 0
@@ -219,8 +242,8 @@ def _method_switch(repo, engine) -> str:
     from their last good copies) instead of training them again. The rslad student is trained
     from the robust teacher only. Returns the engine's output. (A method without a teacher from
     scratch: the grid tests.)"""
-    from bmtard.checkpoint import saved_record
-    from bmtard.io import sha256_file
+    from bmtard.core.io import sha256_file
+    from bmtard.models.checkpoint import saved_record
 
     teachers = [repo / "models" / f"{role}_teacher.pt" for role in ("clean", "robust")]
     before = [sha256_file(p) for p in teachers]

@@ -3,7 +3,7 @@ during the state write, a SIGTERM request, a non-finite loss, a full disk) and r
 with the same bytes and curves as an uninterrupted run; a changed parameter, input or code never
 reuses the state. (tests/test_crash_e2e.py kills the real engines with SIGKILL.)
 
-A crash is simulated by making ``bmtard.faults.hit`` raise at the chosen point: everything the
+A crash is simulated by making ``bmtard.core.faults.hit`` raise at the chosen point: everything the
 next run needs must then come from disk, as after a kill.
 """
 
@@ -18,21 +18,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from bmtard import faults, runtime
-from bmtard.config import (
+from bmtard.config.params import (
     DistillConfig,
     OptimConfig,
     RobustTeacherConfig,
     RunConfig,
     TrainAttackConfig,
 )
-from bmtard.distill import run_distill
-from bmtard.errors import BmtardError, Interrupted, TrainingError
+from bmtard.core import faults
+from bmtard.core.errors import BmtardError, Interrupted, TrainingError
+from bmtard.core.stop import StopRequest
 from bmtard.methods.b_mtard import BMTARD
-from bmtard.stop import StopRequest
-from bmtard.teachers import train_robust_teacher
-from bmtard.train_state import StateStore
-from bmtard.training_stage import Outputs
+from bmtard.runtime import device as runtime
+from bmtard.training.distill import run_distill
+from bmtard.training.stage import Outputs
+from bmtard.training.state import StateStore
+from bmtard.training.teachers import train_robust_teacher
 
 from training_helpers import WIDTH, monitor_cfg, teachers, tiny_data
 
@@ -238,7 +239,7 @@ def test_changed_parameter_never_reuses_the_state(tmp_path, monkeypatch, caplog)
 
 
 def test_changed_code_or_teacher_changes_the_key(tmp_path, monkeypatch):
-    from bmtard import training_stage
+    from bmtard.training import stage as training_stage
 
     keys = []
     real = training_stage.state_key
@@ -311,7 +312,7 @@ def test_out_of_memory_names_the_batch_size(tmp_path, monkeypatch):
 
 
 def test_full_disk_at_the_final_save_keeps_the_trained_state(tmp_path, monkeypatch, reference):
-    from bmtard import training_stage
+    from bmtard.training import stage as training_stage
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
@@ -336,7 +337,7 @@ def test_full_disk_at_the_final_save_keeps_the_trained_state(tmp_path, monkeypat
 
 
 def test_too_little_disk_is_refused_before_any_output(tmp_path, monkeypatch):
-    from bmtard import outputs
+    from bmtard.core import outputs
 
     monkeypatch.setattr(outputs, "free_bytes", lambda path: 1000)
     with pytest.raises(BmtardError, match=r"^distill: 0 MB free where its model goes .* needed; "):

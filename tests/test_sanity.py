@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmtard import sanity
-from bmtard.config import EvaluateConfig, SanityConfig
-from bmtard.loader import to_tensor
-from bmtard.protocol import evaluate_model
-from bmtard.splits import Split
+from bmtard.config.params import EvaluateConfig, SanityConfig
+from bmtard.data.loader import to_tensor
+from bmtard.data.splits import Split
+from bmtard.evaluation import sanity
+from bmtard.evaluation.protocol import evaluate_model
 
 from conftest import synthetic, train_linear
 

@@ -1,7 +1,7 @@
 """The step decay and the monitoring schedule of the official code."""
 
-from bmtard.config import MonitorConfig
-from bmtard.schedule import decay_factor, should_monitor
+from bmtard.config.params import MonitorConfig
+from bmtard.training.schedule import decay_factor, should_monitor
 
 
 def test_decay_after_each_milestone_epoch():

@@ -12,14 +12,14 @@ import os
 import pytest
 import torch
 
-from bmtard.balance import Balance
-from bmtard.config import BalanceConfig, RunConfig, TrainAttackConfig
-from bmtard.errors import ParamsError
-from bmtard.execution import Execution, threads_given
-from bmtard.loader import Batches, random_crop_flip, to_tensor
+from bmtard.config.params import BalanceConfig, RunConfig, TrainAttackConfig
+from bmtard.core.errors import ParamsError
+from bmtard.data.loader import Batches, random_crop_flip, to_tensor
 from bmtard.methods.b_mtard import BMTARD
+from bmtard.methods.balance import Balance
+from bmtard.methods.reference import FloatBalance, official_step
 from bmtard.models import build_model
-from bmtard.reference import FloatBalance, official_step
+from bmtard.runtime.execution import Execution, threads_given
 
 from training_helpers import random_split
 

@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 
-from bmtard.config import parse_params
-from bmtard.datasets import prepare
-from bmtard.io import write_json
+from bmtard.config.params import parse_params
+from bmtard.core.io import write_json
+from bmtard.data.datasets import prepare
 
-from conftest import ROOT, require_sample
+from conftest import ROOT, SAMPLE
 from pipeline_helpers import TINY
 from training_helpers import teachers
 
@@ -112,7 +112,7 @@ class Marker:
 def tiny_params(**sections) -> dict:
     """The quick preset on 40 + 20 sample images, 2 short epochs, then ``sections``."""
     params = yaml.safe_load(yaml.safe_dump(QUICK))
-    data = {"local_root": str(require_sample()), "train_limit": 40, "test_limit": 20}
+    data = {"local_root": str(SAMPLE), "train_limit": 40, "test_limit": 20}
     params["data"].update(data)
     params["run"]["save_every_minutes"] = 0.0
     for section in ("clean_teacher", "robust_teacher", "distill"):
@@ -170,7 +170,7 @@ def test_malicious_teacher_checkpoint_is_refused_and_never_runs(prepared, tmp_pa
     assert not (repo / "models" / "student.pt").exists()
     assert not (repo / "dvclive" / "distill").exists()  # nothing touched before the checks
     proc = subprocess.run(
-        [sys.executable, "-m", "bmtard.evaluate", "--checkpoint", "evil.pt", "--data",
+        [sys.executable, "-m", "bmtard.evaluation.evaluate", "--checkpoint", "evil.pt", "--data",
          "data/test.npz", "--out", "eval", "--device", "cpu"],
         cwd=repo, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
     )  # fmt: skip

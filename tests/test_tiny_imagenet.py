@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmtard import datasets
-from bmtard import tiny_imagenet_files as tif
-from bmtard.config import DataConfig
-from bmtard.dataset_table import NAMES
-from bmtard.datasets import prepare
-from bmtard.errors import DataError
-from bmtard.io import sha256_file
-from bmtard.splits import load_split
+from bmtard.config.dataset_table import NAMES
+from bmtard.config.params import DataConfig
+from bmtard.core.errors import DataError
+from bmtard.core.io import sha256_file
+from bmtard.data import datasets
+from bmtard.data import tiny_imagenet_files as tif
+from bmtard.data.datasets import prepare
+from bmtard.data.splits import load_split
 
 from dataset_fixtures import http_server, tiny_wnids, write_cifar100, write_tiny_imagenet
 

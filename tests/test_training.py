@@ -10,10 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmtard import runtime
 from bmtard.attacks.pgd import pgd_ce
-from bmtard.checkpoint import ModelSpec, TrainingRecord, load_model
-from bmtard.config import (
+from bmtard.config.params import (
     CleanTeacherConfig,
     DistillConfig,
     OptimConfig,
@@ -22,20 +20,22 @@ from bmtard.config import (
     TrainAttackConfig,
     to_dict,
 )
-from bmtard.distill import run_distill
-from bmtard.errors import CheckpointError, TrainingError
-from bmtard.io import sha256_file
+from bmtard.core.errors import CheckpointError, TrainingError
+from bmtard.core.io import sha256_file
+from bmtard.core.provenance import code_version
+from bmtard.data.splits import Split
+from bmtard.data.stage_data import StageData
 from bmtard.methods.adversarial import PGDAT, TRADES
 from bmtard.methods.standard import Standard
 from bmtard.models import build_model
-from bmtard.provenance import code_version
-from bmtard.selection import Selection
-from bmtard.splits import Split
-from bmtard.stage_data import StageData
-from bmtard.teachers import train_clean_teacher, train_robust_teacher
-from bmtard.tracking import Tracker
-from bmtard.train import Parts, fit, make_optimizer
-from bmtard.training_stage import Outputs, train_and_save
+from bmtard.models.checkpoint import ModelSpec, TrainingRecord, load_model
+from bmtard.runtime import device as runtime
+from bmtard.training.distill import run_distill
+from bmtard.training.loop import Parts, fit, make_optimizer
+from bmtard.training.selection import Selection
+from bmtard.training.stage import Outputs, train_and_save
+from bmtard.training.teachers import train_clean_teacher, train_robust_teacher
+from bmtard.training.tracking import Tracker
 
 from conftest import TinyNet
 from training_helpers import WIDTH, monitor_cfg, teachers, tiny_data
@@ -70,7 +70,7 @@ def _tsv(live_dir, name: str) -> dict[int, float]:
 
 
 def _accuracy(model: nn.Module, split: Split) -> float:
-    """Clean accuracy in %, computed here independently of bmtard.accuracy."""
+    """Clean accuracy in %, computed here independently of bmtard.evaluation.accuracy."""
     x = torch.from_numpy(split.images).permute(0, 3, 1, 2).float() / 255
     model.eval()
     with torch.no_grad():
@@ -352,7 +352,7 @@ def test_train_and_save_seed_drives_shuffle_and_augmentation(tmp_path, data):
              if k not in ("save_every_minutes", "state_dir")},
         key=info.record.key,
     )  # fmt: skip
-    assert len(info.record.key) == 64  # what made it (bmtard.training_stage.result_key)
+    assert len(info.record.key) == 64  # what made it (bmtard.training.stage.result_key)
 
 
 # --------------------------------------------------------------------------- imported teacher

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bmtard.checkpoint import ModelSpec, TrainingRecord, save_model
-from bmtard.config import MonitorConfig
+from bmtard.config.params import MonitorConfig
+from bmtard.data.splits import Split
+from bmtard.data.stage_data import StageData
 from bmtard.models import build_model
-from bmtard.splits import Split
-from bmtard.stage_data import StageData
+from bmtard.models.checkpoint import ModelSpec, TrainingRecord, save_model
 
 WIDTH = 0.0625
 

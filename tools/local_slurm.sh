@@ -8,7 +8,7 @@
 #
 # Settings: BMTARD_SLURM_DIR (default /tmp/bmtard-slurm), BMTARD_SLURM_GPUS (fake GPUs, default
 # 2). Needs root (apt, mknod, daemons as root). Nothing is written outside $BMTARD_SLURM_DIR
-# except the Debian packages. What this machine needed (../shared/docs/slurm/NOTES.md):
+# except the Debian packages. What this machine needed:
 #   - the hostname is not "localhost": slurmd runs with -N localhost;
 #   - SLURM only accepts character devices as GPU files: fake GPUs are /dev/null-like nodes;
 #   - snakemake-executor-plugin-slurm-jobstep drops SLURM_CONF before its nested srun: the

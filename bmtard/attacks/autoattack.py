@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
-from bmtard.errors import BmtardError
+from bmtard.core.errors import BmtardError
 
 LOGGER = "auto-attack"
 

@@ -1,5 +1,5 @@
-"""Training methods: how one batch becomes a loss. The loop (``bmtard.train``) owns the optimizer,
-schedule, epochs and logging; a method owns its attack, its loss and its own state.
+"""Training methods: how one batch becomes a loss. The loop (``bmtard.training.loop``) owns the
+optimizer, schedule, epochs and logging; a method owns its attack, its loss and its own state.
 
 Every method has
   ``batch_loss(model, x, y, rate_factor) -> (loss, logs)``: x (B, C, H, W) in [0, 1], y (B,);

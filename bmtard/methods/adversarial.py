@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bmtard.attacks.pgd import pgd, pgd_ce
-from bmtard.config import TrainAttackConfig
-from bmtard.execution import Execution, logits32
+from bmtard.config.params import TrainAttackConfig
 from bmtard.methods.stateless import Stateless
+from bmtard.runtime.execution import Execution, logits32
 
 
 @dataclass

@@ -8,19 +8,15 @@ clean teacher is matched on clean images (nat), the robust teacher on adversaria
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from bmtard import distributed
 from bmtard.attacks.pgd import pgd_ce
-from bmtard.balance import Balance
-from bmtard.config import TrainAttackConfig
-from bmtard.execution import Execution, logits32
-from bmtard.losses import kl_to_teacher, neg_entropy, teacher_probs
-
-if TYPE_CHECKING:
-    from bmtard.methods.baselines import MTARDWeights
+from bmtard.config.params import TrainAttackConfig
+from bmtard.core import distributed
+from bmtard.methods.balance import Balance, MTARDWeights
+from bmtard.methods.losses import kl_to_teacher, neg_entropy, teacher_probs
+from bmtard.runtime.execution import Execution, logits32
 
 
 @dataclass
@@ -30,7 +26,7 @@ class BMTARD:
     The student crafts x_adv by PGD-CE on itself (eval mode); then, in train mode, it is matched to
     the robust teacher on x_adv and to the clean teacher on x. The teachers are frozen, in eval
     mode, and tempered by tau_adv / tau_nat; the student is never tempered. The balance state
-    stays on the device (``bmtard.balance``); the logs are detached 0-dim tensors.
+    stays on the device (``bmtard.methods.balance``); the logs are detached 0-dim tensors.
     """
 
     teacher_adv: nn.Module

@@ -3,7 +3,8 @@ computes them: ARD, RSLAD and MTARD. Each is a per-batch loss like ``bmtard.meth
 (same protocol: ``batch_loss``, ``status``, ``state_dict``), with the same execution options
 (bf16 autocast with fp32 losses, layout) and no host-device synchronisation.
 
-Selected by ``distill.method`` (``bmtard.distill.BUILDERS``, ``bmtard.method_table``).
+Selected by ``distill.method`` (``bmtard.training.distill.BUILDERS``,
+``bmtard.config.method_table``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bmtard.attacks.pgd import pgd, pgd_ce
-from bmtard.balance import reference_losses
-from bmtard.config import TrainAttackConfig
-from bmtard.execution import Execution, logits32
-from bmtard.losses import kl_to_teacher
+from bmtard.config.params import TrainAttackConfig
 from bmtard.methods.b_mtard import BMTARD
+from bmtard.methods.balance import MTARDWeights
+from bmtard.methods.losses import kl_to_teacher
 from bmtard.methods.stateless import Stateless
+from bmtard.runtime.execution import Execution, logits32
 
 F64 = torch.float64
 
@@ -69,8 +70,8 @@ class RSLAD(Stateless):
     One robust teacher at temperature 1, always on the clean x. The attack maximises the summed
     KL(softmax(teacher(x)) || softmax(student(x'))) with the student in eval mode, from the
     0.001-Gaussian start. Loss: adv_weight * KL(T(x) || S(x_adv)) + nat_weight * KL(T(x) || S(x))
-    with the official KL helper (``bmtard.losses.kl_to_teacher``). The two weights are separate
-    numbers because 1 - 5/6 is not 1/6 in floating point.
+    with the official KL helper (``bmtard.methods.losses.kl_to_teacher``). The two weights are
+    separate numbers because 1 - 5/6 is not 1/6 in floating point.
     """
 
     teacher: nn.Module
@@ -105,63 +106,6 @@ class RSLAD(Stateless):
             "loss_adv": loss_adv.detach(),
             "loss_nat": loss_nat.detach(),
         }
-
-
-@dataclass
-class MTARDWeights:
-    """MTARD's balance (ECCV 2022 code) in the place of B-MTARD's ``bmtard.balance.Balance``:
-    both teachers at temperature 1, always (no Entropy-Based Balance); w_nat moves toward
-    l_nat^b / (l_adv^b + l_nat^b), l_i = L_i / L_i^0 (the first batch's losses), at rate ``lr``;
-    w_adv = 1 - w_nat, with no clipping. 0-dim float64 tensors on the training device (L^0 NaN
-    until known)."""
-
-    tau_adv: Tensor
-    tau_nat: Tensor
-    w_nat: Tensor
-    w_adv: Tensor
-    l0_adv: Tensor
-    l0_nat: Tensor
-    lr: float = 0.025
-    power: float = 1.0  # the official ``bert``
-
-    @classmethod
-    def start(cls, w_adv: float = 0.5, lr: float = 0.025, power: float = 1.0, device="cpu"):
-        def t(v: float) -> Tensor:
-            return torch.tensor(v, dtype=F64, device=device)
-
-        one, nan = t(1.0), t(float("nan"))
-        return cls(one, one, t(1.0 - w_adv), t(w_adv), nan, nan, lr, power)
-
-    def update_temperatures(self, e_adv: Tensor, e_nat: Tensor, rate_factor: float = 1.0) -> None:
-        """MTARD keeps both temperatures at 1."""
-
-    def update_weights(self, loss_adv: Tensor, loss_nat: Tensor, rate_factor: float = 1.0) -> None:
-        la, ln = loss_adv.detach().to(F64), loss_nat.detach().to(F64)
-        self.l0_adv, self.l0_nat = reference_losses(self.l0_adv, self.l0_nat, la, ln)
-        ra, rn = la / self.l0_adv, ln / self.l0_nat
-        if self.power != 1:  # x ** 1 is x; a tensor pow might not return it exactly
-            ra, rn = ra**self.power, rn**self.power
-        lr = self.lr * rate_factor
-        self.w_nat = self.w_nat - lr * (self.w_nat - rn / (ra + rn))
-        self.w_adv = 1 - self.w_nat
-
-    def status(self) -> dict[str, float]:
-        """The same curves as B-MTARD's (its temperatures stay 1), to compare them side by side."""
-        names = ("tau_adv", "tau_nat", "w_adv", "w_nat")
-        return {n: float(getattr(self, n)) for n in names}
-
-    def state_dict(self) -> dict:
-        return {
-            "w_nat": self.w_nat,
-            "w_adv": self.w_adv,
-            "l0_adv": self.l0_adv,
-            "l0_nat": self.l0_nat,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        device = self.w_nat.device
-        for name, value in state.items():
-            setattr(self, name, value.to(device))
 
 
 def MTARD(  # noqa: N802 (named like the other methods, which are classes)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bmtard.execution import Execution, logits32
 from bmtard.methods.stateless import Stateless
+from bmtard.runtime.execution import Execution, logits32
 
 
 @dataclass

@@ -1,0 +1,52 @@
+"""The package's commands: ``python -m bmtard evaluate ...`` (any checkpoint, the pipeline's
+protocol; ``bmtard.evaluation.evaluate``), ``python -m bmtard compare ...`` (every finished run in
+one table and picture; ``bmtard.experiments.compare``) and ``python -m bmtard curves ...`` (a
+run's temperatures and loss weights; ``bmtard.experiments.curves``). ``--help`` after a command
+lists its options."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _evaluate(argv: Sequence[str]) -> int:
+    from bmtard.evaluation.evaluate import main
+
+    return main(argv)
+
+
+def _compare(argv: Sequence[str]) -> int:
+    from bmtard.experiments.compare import main
+
+    return main(argv)
+
+
+def _curves(argv: Sequence[str]) -> int:
+    from bmtard.experiments.curves import main
+
+    return main(argv)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "evaluate": _evaluate,
+    "compare": _compare,
+    "curves": _curves,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in COMMANDS:
+        given = f"unknown command {args[0]!r}; " if args and args[0] not in ("-h", "--help") else ""
+        print(
+            f"usage: python -m bmtard {{{','.join(COMMANDS)}}} [options]\n{given}"
+            f"commands: {', '.join(COMMANDS)} (each with --help)",
+            file=sys.stderr if given else sys.stdout,
+        )
+        return 2 if given or not args else 0
+    return COMMANDS[args[0]](args[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,591 @@
+"""Parameters: ``params.yaml`` -> validated, frozen dataclasses.
+
+Configuration flows one way: the YAML file is read once, checked completely (every key present,
+none unknown or repeated, types, finite numbers, ranges, choices) and turned into the dataclasses
+below; functions receive these dataclasses, never the raw dict. A bad value stops with one line
+naming the key and what is allowed, before any work. The defaults below serve code and tests that
+build configs directly, and the stand-alone evaluate command (``parse_params(complete=False)``);
+a params file must give every key.
+
+Units: every attack size (``eps``, ``step_size``) is in 1/255 of the [0, 1] pixel range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bmtard.config import attack_table, dataset_table, method_table
+from bmtard.core.errors import ParamsError
+
+# The architecture names that bmtard.models builds (a test keeps the two lists equal; config does
+# not import the models so that the data stage does not depend on model code).
+ARCHS = ("resnet18", "preact_resnet18", "mobilenet_v2", "resnet56", "wrn34_10", "wrn70_16")
+DATASETS = dataset_table.NAMES
+METHODS = method_table.NAMES
+TRAIN_INITS = ("gaussian", "uniform", "uniform_unclamped")
+DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
+EVAL_ATTACKS = attack_table.NAMES
+
+# Upper bounds: far beyond any sensible run, low enough that a typo (an extra zero, 1e300) stops
+# here instead of in the middle of a run. Attack sizes are in 1/255 (255 = the whole pixel range).
+MAX_SEED = 2**32 - 1  # numpy's limit
+MAX_THREADS = 1024
+MAX_PROCESSES = 64  # training processes of one stage (one node)
+MAX_EPOCHS = 100_000  # also milestones
+MAX_BATCH = 65_536
+MAX_IMAGES = 10**7  # image counts and limits
+MAX_EPOCH_INDEX = 10**6  # monitor every / dense_from (10**6 = "never")
+MAX_EPS = 255  # eps, step sizes
+MAX_STEPS = 10_000  # attack steps
+MAX_RESTARTS = 1000
+MAX_WIDTH = 8  # channel multiplier (the presets use 0.05 .. 1.0)
+MAX_LR = 100
+MAX_TAU = 1000  # temperatures and their step
+MAX_SAVE_MINUTES = 7 * 24 * 60  # a week
+MAX_KL_SCALE = 1000
+
+
+def _spec(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
+    """A dataclass field with validation rules (ge, gt, le, lt, choices); for a list field the
+    rules apply to each item."""
+    if isinstance(default, list):
+        value = list(default)
+        return field(default_factory=lambda: list(value), metadata=rules)
+    return field(default=default, metadata=rules)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings shared by every training and evaluation stage."""
+
+    seed: int = _spec(0, ge=0, le=MAX_SEED)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = True  # cudnn.deterministic, as the official code
+    num_threads: int = _spec(0, ge=0, le=MAX_THREADS)  # CPU threads for torch; 0 = torch's default
+    # training state is saved at every epoch end and, within an epoch, every this many minutes
+    # (0 = after every batch; at most a week)
+    save_every_minutes: float = _spec(10.0, ge=0, le=MAX_SAVE_MINUTES)
+    # where training state is kept so that a killed stage resumes (outside DVC's and Snakemake's
+    # outputs; null = never saved)
+    state_dir: str | None = ".cache/train"
+    # how the training stages compute (evaluation is always fp32, NCHW, eager):
+    # fp32 is the official code's numerics; bf16 autocasts the student's forwards and backward
+    # (PGD included) and holds the teachers in bf16, with the losses in fp32
+    precision: str = _spec("fp32", choices=("fp32", "bf16"))
+    channels_last: bool = False  # channels_last memory layout for every model
+    compile: bool = False  # torch.compile every model's forward (helps on GPUs, rarely on CPUs)
+    # processes per training stage (torchrun workers, data parallel, one GPU each; 1 = the
+    # faithful single process); each takes an equal share of every batch (bmtard.core.distributed)
+    processes: int = _spec(1, ge=1, le=MAX_PROCESSES)
+
+    def __post_init__(self) -> None:
+        d = self.device
+        ok = d in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]{1,4}", d) is not None
+        if not ok:
+            raise ParamsError(f"device = {d!r}: allowed are {DEVICES_HELP}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how many are kept."""
+
+    dataset: str = _spec("cifar10", choices=DATASETS)  # bmtard.config.dataset_table
+    # An existing `cifar-10-batches-py` / `cifar-100-python` / `tiny-imagenet-200` folder (or the
+    # folder holding it), for machines without internet. null: download into download_root.
+    local_root: str | None = None
+    download_root: str = "data/raw"
+    # The official MD5 check (for a local Tiny-ImageNet folder, which has no per-file MD5s: that it
+    # is complete, 500 train and 50 val images per class). Set false only for a local subset;
+    # the SHA-256 of what was read is recorded in the manifest either way.
+    verify_md5: bool = True
+    train_limit: int | None = _spec(None, ge=1, le=MAX_IMAGES)  # balanced per class; null = all
+    test_limit: int | None = _spec(None, ge=1, le=MAX_IMAGES)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD with step decay: lr x gamma after each epoch listed in milestones (1-based).
+
+    ``epochs`` and ``milestones`` may be null in ``distill.optim`` only: the method's published
+    values (``bmtard.config.method_table``), filled in by ``DistillConfig.resolved``."""
+
+    epochs: int | None = _spec(300, ge=1, le=MAX_EPOCHS)
+    batch_size: int = _spec(128, ge=1, le=MAX_BATCH)
+    lr: float = _spec(0.1, gt=0, le=MAX_LR)
+    momentum: float = _spec(0.9, ge=0, lt=1)
+    weight_decay: float = _spec(2e-4, ge=0, le=1)
+    # strictly increasing
+    milestones: list[int] | None = _spec([215, 260, 285], ge=1, le=MAX_EPOCHS)
+    gamma: float = _spec(0.1, gt=0, le=1)
+
+    def __post_init__(self) -> None:
+        m = self.milestones
+        if m is not None and list(m) != sorted(set(m)):
+            raise ParamsError(f"milestones = {m}: must be strictly increasing (no repeats)")
+
+
+@dataclass(frozen=True)
+class TrainAttackConfig:
+    """The L-inf PGD attack used while training (eps, step_size in 1/255)."""
+
+    eps: float = _spec(8.0, ge=0, le=MAX_EPS)
+    step_size: float = _spec(2.0, gt=0, le=MAX_EPS)
+    steps: int = _spec(10, ge=1, le=MAX_STEPS)
+    # gaussian: x + 0.001*N(0,1), not clamped before the first step (the official code);
+    # uniform: U(-eps, eps) start, clamped to [0, 1] (the usual PGD start);
+    # uniform_unclamped: U(-eps, eps), not clamped before the first step (the official ARD);
+    # null (distill.attack only): the method's (bmtard.config.method_table).
+    init: str | None = _spec("gaussian", choices=TRAIN_INITS)
+
+    def pgd_args(self) -> dict[str, Any]:
+        """The keyword arguments of ``bmtard.attacks.pgd`` (eps and step_size in pixel units,
+        converted by ``attack_table.pixels``); ``init`` resolved (not null)."""
+        return {
+            "eps": attack_table.pixels(self.eps),
+            "step_size": attack_table.pixels(self.step_size),
+            "steps": self.steps,
+            "init": self.init,
+        }
+
+
+def _no_method_defaults(optim: OptimConfig, attack: TrainAttackConfig | None = None) -> None:
+    """Teachers have no method table: their schedule and attack start must be given."""
+    given = {"optim.epochs": optim.epochs, "optim.milestones": optim.milestones}
+    if attack is not None:
+        given["attack.init"] = attack.init
+    for key, value in given.items():
+        if value is None:
+            raise ParamsError(f"{key} = null: must be given (null is allowed in distill only)")
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """In-training evaluation on the test split: clean accuracy and PGD-20 (step 0.003)."""
+
+    every: int = _spec(20, ge=1, le=MAX_EPOCH_INDEX)  # evaluate at epoch 1 and every `every` ...
+    dense_from: int = _spec(215, ge=1, le=MAX_EPOCH_INDEX)  # ... and every epoch from this one on
+    n_images: int | None = _spec(None, ge=1, le=MAX_IMAGES)  # null = the whole test split
+    batch_size: int = _spec(256, ge=1, le=MAX_BATCH)
+    eps: float = _spec(8.0, ge=0, le=MAX_EPS)
+    pgd_steps: int = _spec(20, ge=0, le=MAX_STEPS)  # 0 = clean accuracy only
+    pgd_step_size: float = _spec(0.765, gt=0, le=MAX_EPS)  # 0.003 * 255, as the official monitor
+
+
+@dataclass(frozen=True)
+class CleanTeacherConfig:
+    """Standard (non-adversarial) training of the clean teacher. A null ``arch`` is the dataset's
+    (``bmtard.config.dataset_table``, filled in by ``resolved``)."""
+
+    arch: str | None = _spec("resnet56", choices=ARCHS)
+    width: float = _spec(1.0, gt=0, le=MAX_WIDTH)
+    # the teacher's own seed (in place of run.seed), so that a student seed grid shares it
+    seed: int = _spec(0, ge=0, le=MAX_SEED)
+    checkpoint: str | None = None  # an existing state_dict to use instead of training
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            epochs=200, lr=0.1, weight_decay=5e-4, milestones=[100, 150]
+        )
+    )
+    monitor: MonitorConfig = field(
+        default_factory=lambda: MonitorConfig(every=10, dense_from=10**6, pgd_steps=0)
+    )
+
+    def __post_init__(self) -> None:
+        _no_method_defaults(self.optim)
+
+    def resolved(self, dataset: str) -> CleanTeacherConfig:
+        """This config with a null ``arch`` replaced by ``dataset``'s clean teacher."""
+        return _with_arch(self, dataset_table.dataset(dataset).clean_teacher)
+
+
+@dataclass(frozen=True)
+class RobustTeacherConfig:
+    """Adversarial training of the robust teacher: TRADES (default) or PGD-AT (Madry). A null
+    ``arch`` is the dataset's (``bmtard.config.dataset_table``, filled in by ``resolved``)."""
+
+    arch: str | None = _spec("wrn34_10", choices=ARCHS)
+    width: float = _spec(1.0, gt=0, le=MAX_WIDTH)
+    seed: int = _spec(0, ge=0, le=MAX_SEED)  # the teacher's own seed (in place of run.seed)
+    checkpoint: str | None = None
+    method: str = _spec("trades", choices=("trades", "pgd_at"))
+    trades_beta: float = _spec(6.0, ge=0, le=1000)
+    attack: TrainAttackConfig = field(default_factory=lambda: TrainAttackConfig(init="gaussian"))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(epochs=76, milestones=[75, 90, 100])
+    )
+    monitor: MonitorConfig = field(
+        default_factory=lambda: MonitorConfig(every=10, dense_from=10**6)
+    )
+
+    def __post_init__(self) -> None:
+        _no_method_defaults(self.optim, self.attack)
+
+    def resolved(self, dataset: str) -> RobustTeacherConfig:
+        """This config with a null ``arch`` replaced by ``dataset``'s robust teacher."""
+        return _with_arch(self, dataset_table.dataset(dataset).robust_teacher)
+
+
+def _with_arch(cfg: Any, arch: str) -> Any:
+    """``cfg`` with ``arch`` where its own is null."""
+    return cfg if cfg.arch is not None else dataclasses.replace(cfg, arch=arch)
+
+
+@dataclass(frozen=True)
+class BalanceConfig:
+    """Entropy-Based Balance (temperatures) and Normalization Loss Balance (weights)."""
+
+    tau_adv_init: float = _spec(1.0, gt=0, le=MAX_TAU)
+    tau_nat_init: float = _spec(1.0, gt=0, le=MAX_TAU)
+    tau_min: float = _spec(1.0, gt=0, le=MAX_TAU)
+    tau_max: float = _spec(10.0, gt=0, le=MAX_TAU)
+    tau_lr: float = _spec(0.001, ge=0, le=MAX_TAU)  # sign-step of the temperatures per batch
+    w_adv_init: float = _spec(0.5, ge=0, le=1)  # w_nat = 1 - w_adv
+    weight_lr: float = _spec(0.025, ge=0, le=1)  # EMA rate of the weights per batch
+
+    def __post_init__(self) -> None:
+        if self.tau_min > self.tau_max:
+            raise ParamsError(f"tau_min = {self.tau_min} > tau_max = {self.tau_max}")
+        for name in ("tau_adv_init", "tau_nat_init"):
+            v = getattr(self, name)
+            if not self.tau_min <= v <= self.tau_max:
+                raise ParamsError(f"{name} = {v}: must lie in [tau_min, tau_max]")
+
+
+@dataclass(frozen=True)
+class ARDConfig:
+    """ARD's loss: alpha * T^2 * KL at temperature T + (1 - alpha) * CE (official defaults)."""
+
+    temperature: float = _spec(30.0, gt=0, le=MAX_TAU)
+    alpha: float = _spec(1.0, ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Training of the student: B-MTARD, or a baseline of the paper's comparison
+    (``bmtard.config.method_table``). Null ``optim.epochs``, ``optim.milestones`` and
+    ``attack.init`` take the method's published values, a null ``arch`` and ``kl_scale`` the
+    dataset's (``bmtard.config.dataset_table``); ``resolved`` fills them in."""
+
+    method: str = _spec("bmtard", choices=METHODS)
+    arch: str | None = _spec("resnet18", choices=ARCHS)
+    width: float = _spec(1.0, gt=0, le=MAX_WIDTH)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    attack: TrainAttackConfig = field(default_factory=TrainAttackConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)  # bmtard; mtard: its w_ keys
+    ard: ARDConfig = field(default_factory=ARDConfig)
+    trades_beta: float = _spec(6.0, ge=0, le=1000)  # trades
+    # mean: torch.mean over batch x classes, i.e. KL / C (the official code);
+    # batchmean: the KL divergence averaged over the batch (the textbook scale).
+    kl_reduction: str = _spec("mean", choices=("mean", "batchmean"))
+    # the factor on the KL terms of rslad, mtard and bmtard; null: the official convention, x 10
+    # on CIFAR-100 (the mean over 100 classes), 1 elsewhere (bmtard.config.dataset_table)
+    kl_scale: float | None = _spec(1.0, gt=0, le=MAX_KL_SCALE)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    # best: highest (clean + PGD-20)/2 on the monitor, i.e. selected on the test set
+    # (the official code); last: the final epoch, with no test-set selection.
+    checkpoint: str = _spec("best", choices=("best", "last"))
+
+    def resolved(self, dataset: str) -> DistillConfig:
+        """This config with every null replaced by the method's published value or, for ``arch``
+        and ``kl_scale``, by ``dataset``'s."""
+        spec = method_table.method(self.method)
+        data = dataset_table.dataset(dataset)
+        o, a = self.optim, self.attack
+        optim = dataclasses.replace(
+            o,
+            epochs=spec.epochs if o.epochs is None else o.epochs,
+            milestones=list(spec.milestones) if o.milestones is None else o.milestones,
+        )
+        attack = dataclasses.replace(a, init=spec.init if a.init is None else a.init)
+        convention = data.kl_scale if spec.kl_convention else 1.0
+        out = dataclasses.replace(
+            self,
+            arch=data.student if self.arch is None else self.arch,
+            kl_scale=convention if self.kl_scale is None else self.kl_scale,
+            optim=optim,
+            attack=attack,
+        )
+        return self if out == self else out
+
+
+@dataclass(frozen=True)
+class SanityConfig:
+    """Gradient-masking checks (Carlini et al. 2019, "On Evaluating Adversarial Robustness", and
+    AutoAttack's own flags), run on the first ``n_images`` evaluated images. Accuracies in %."""
+
+    enabled: bool = True
+    n_images: int | None = _spec(1000, ge=1, le=MAX_IMAGES)  # null = every evaluated image
+    large_eps: float = _spec(64.0, gt=0, le=MAX_EPS)  # at this eps white-box accuracy must be ~0
+    large_eps_max_acc: float = _spec(2.0, ge=0, le=100)  # ... at most this (%)
+    strong_steps: int = _spec(100, ge=1, le=MAX_STEPS)  # a stronger PGD: more steps ...
+    strong_restarts: int = _spec(5, ge=1, le=MAX_RESTARTS)  # ... and restarts (step 2.5 eps/steps)
+    square_queries: int = _spec(1000, ge=1, le=10**6)  # black-box Square (reference AutoAttack)
+    transfer: bool = True  # PGD crafted on the robust teacher, applied to the student
+    gradient_samples: int = _spec(100, ge=1, le=MAX_IMAGES)  # images whose gradients are inspected
+    tolerance: float = _spec(1.0, ge=0, le=100)  # % points a comparison may miss by before it fails
+    fail_stage: bool = False  # a failed check fails the stage (after writing every output)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Final attack evaluation of the student (and a short check of both teachers)."""
+
+    n_images: int | None = _spec(None, ge=1, le=MAX_IMAGES)  # first n test images; null = all
+    batch_size: int = _spec(256, ge=1, le=MAX_BATCH)
+    eps: float = _spec(8.0, ge=0, le=MAX_EPS)
+    attacks: list[str] = _spec(list(EVAL_ATTACKS), choices=EVAL_ATTACKS)
+    cw_kappa: float = _spec(50.0, ge=0, le=10**6)  # CW margin confidence, as the RSLAD/MTARD code
+    teacher_n_images: int | None = _spec(None, ge=1, le=MAX_IMAGES)  # null = n_images
+    # PGD-20 (step eps/4, uniform start) accuracy at each eps (1/255): a plot and a sanity check
+    eps_curve: list[float] = _spec([0.0, 2.0, 4.0, 8.0, 16.0], ge=0, le=MAX_EPS)
+    # per-batch results are kept here so that an interrupted evaluation resumes (null = off)
+    resume_dir: str | None = ".cache/evaluate"
+    sanity: SanityConfig = field(default_factory=SanityConfig)
+
+    def __post_init__(self) -> None:
+        c = self.eps_curve
+        if list(c) != sorted(set(c)):
+            raise ParamsError(f"eps_curve = {c}: must be strictly increasing (no repeats)")
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole ``params.yaml``."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    clean_teacher: CleanTeacherConfig = field(default_factory=CleanTeacherConfig)
+    robust_teacher: RobustTeacherConfig = field(default_factory=RobustTeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def __post_init__(self) -> None:
+        n = self.run.processes
+        for section in ("clean_teacher", "robust_teacher", "distill"):
+            size = getattr(self, section).optim.batch_size
+            if size % n:
+                raise ParamsError(
+                    f"run.processes = {n} must divide {section}.optim.batch_size ({size}): "
+                    "each process takes an equal share of every batch"
+                )
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Params))
+MISSING_KEY = "missing; every key must be given (params.yaml and presets/quick.yaml list them all)"
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file, every key required; raise ParamsError in one line."""
+    path = Path(path)
+    try:
+        raw = _read_yaml(path)
+        if raw is None:
+            raise ParamsError(f"empty; required sections: {', '.join(SECTIONS)}")
+        return parse_params(raw)
+    except ParamsError as e:
+        raise ParamsError(f"{path}: {e}") from None
+
+
+def parse_params(raw: Any, *, complete: bool = True) -> Params:
+    """Validate a params mapping (as loaded from YAML) into ``Params``. Every key is required;
+    with ``complete=False`` a missing key takes its default (for the stand-alone evaluate command,
+    whose defaults are the paper's protocol)."""
+    return _build(Params, raw, "", complete)
+
+
+def to_dict(obj: Any) -> Any:
+    """The plain-data form of a config dataclass (for logging and checkpoints)."""
+    return dataclasses.asdict(obj)
+
+
+def _read_yaml(path: Path) -> Any:
+    """The one YAML document in ``path`` (None if it holds none); ParamsError if it is not one."""
+    text = _read_text(path)
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except ParamsError:
+        raise
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ParamsError(f"not valid YAML ({where}{_first_line(e.problem or e)})") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: e.g. a 5000-digit int
+        raise ParamsError(f"not valid YAML ({_first_line(e) or type(e).__name__})") from None
+
+
+def _read_text(path: Path) -> str:
+    """The file's text; ParamsError for a directory, a missing or unreadable file, or not UTF-8."""
+    if path.is_dir():
+        raise ParamsError("is a directory; expected a YAML parameter file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ParamsError("parameter file not found") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise ParamsError(f"cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ParamsError(
+            f"not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
+            "expected a UTF-8 YAML text file"
+        ) from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error (PyYAML keeps
+    the last). Remembers each node's dotted path to name the mapping in the message."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.paths: dict[int, str] = {}  # id(node) -> dotted path
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        where = self.paths.get(id(node), "")
+        seen = set()
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # PyYAML refuses it below
+            self.paths.setdefault(id(value_node), f"{where}.{key}" if where else str(key))
+            if key in seen:
+                place = f"in {where}" if where else "at the top level"
+                raise ParamsError(
+                    f"line {key_node.start_mark.line + 1}: duplicate key {_show(key)} {place}; "
+                    "each key may be given once"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> list:
+        where = self.paths.get(id(node), "")
+        for i, item in enumerate(node.value):
+            self.paths.setdefault(id(item), f"{where}[{i}]")
+        return super().construct_sequence(node, deep=deep)
+
+
+def _build(cls: type, raw: Any, prefix: str, complete: bool) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ParamsError(
+            f"{where} = {_show(raw)}: expected a mapping with keys {', '.join(fields)}"
+        )
+    unknown = sorted((k for k in raw if k not in fields), key=str)
+    if unknown:
+        raise ParamsError(
+            f"{prefix}{_key(unknown[0])}: unknown key; allowed in {where}: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in fields.items():
+        if name in raw:
+            values[name] = _convert(hints[name], raw[name], prefix + name, f.metadata, complete)
+        elif complete and prefix:
+            raise ParamsError(f"{prefix}{name}: {MISSING_KEY}")
+        elif complete:
+            raise ParamsError(f"{name}: missing section; required sections: {', '.join(fields)}")
+    try:
+        return cls(**values)
+    except ParamsError as e:  # a cross-field check in __post_init__ names its field locally
+        raise ParamsError(f"{prefix}{e}") from None
+
+
+def _convert(tp: Any, value: Any, key: str, rules: Any, complete: bool) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, key, rules, complete)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{key}.", complete)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ParamsError(f"{key} = {_show(value)}: expected a list of {item_tp.__name__}")
+        return [_checked(item_tp, v, f"{key}[{i}]", rules) for i, v in enumerate(value)]
+    return _checked(tp, value, key, rules)
+
+
+def _checked(tp: type, value: Any, key: str, rules: Any) -> Any:
+    out = _scalar(tp, value, key)
+    _check_rules(out, value, key, rules)
+    return out
+
+
+def _scalar(tp: type, value: Any, key: str) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return _finite(value, key)
+    elif tp is str:
+        if isinstance(value, str) and value and "\0" not in value:
+            return value
+        if isinstance(value, str):
+            raise ParamsError(f"{key} = {_show(value)}: must be a non-empty string without NUL")
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+    raise ParamsError(f"{key} = {_show(value)}: expected {names.get(tp, tp.__name__)}")
+
+
+def _finite(value: int | float, key: str) -> float:
+    try:
+        out = float(value)
+    except OverflowError:  # an int beyond float's range
+        out = math.inf
+    if not math.isfinite(out):
+        raise ParamsError(f"{key} = {_show(value)}: must be a finite number")
+    return out
+
+
+def _check_rules(value: Any, written: Any, key: str, rules: Any) -> None:
+    """Check ``value`` against ge/gt/le/lt/choices; messages quote the value as ``written``."""
+    if "choices" in rules and value not in rules["choices"]:
+        raise ParamsError(f"{key} = {_show(written)}: allowed are {', '.join(rules['choices'])}")
+    for rule, op, ok in (
+        ("ge", ">=", lambda b: value >= b),
+        ("gt", ">", lambda b: value > b),
+        ("le", "<=", lambda b: value <= b),
+        ("lt", "<", lambda b: value < b),
+    ):
+        if rule in rules and not ok(rules[rule]):
+            raise ParamsError(f"{key} = {_show(written)}: must be {op} {rules[rule]}")
+
+
+def _show(value: Any) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than Python prints
+        return f"<an integer of {value.bit_length()} bits>"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _key(key: Any) -> str:
+    """A key as written in messages: plain if it is a short printable string."""
+    ok = isinstance(key, str) and key.isprintable() and 0 < len(key) <= 40
+    return key if ok else _show(key)
+
+
+def _first_line(error: Any) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""

@@ -1,0 +1,132 @@
+"""Experiment grids: the values to vary over one ``params.yaml``, one experiment per combination.
+
+A grid is a mapping of dotted keys to lists of values, e.g. (``presets/grid.yaml``)::
+
+    grid:
+      distill.method: [sat, rslad, bmtard]
+      run.seed: [0, 1]
+
+Only what the student's stages read may vary (``distill.*``, ``evaluate.*``, ``run.seed``): the
+data and the teachers are shared by every experiment and computed once. Each combination is an
+experiment named from its values (``method-sat_seed-0``). Snakemake runs each one in
+``results/<experiment>/`` (the Snakefile, with ``--configfile`` naming the grid file); DVC queues
+the same combinations with ``dvc exp run --queue -S distill.method=sat,rslad,bmtard -S
+run.seed=0,1`` (``dvc_command``).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from bmtard.config.params import Params, parse_params
+from bmtard.core.errors import ParamsError
+
+#: what an experiment may change: keys under these prefixes, or exactly these keys
+VARIABLE = ("distill.", "evaluate.", "run.seed")
+SCALARS = (str, int, float, bool)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One combination: its name (a folder name) and the values it sets (dotted key -> value)."""
+
+    name: str
+    overrides: dict[str, Any]
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str) or not any(
+        key == v or (v.endswith(".") and key.startswith(v)) for v in VARIABLE
+    ):
+        raise ParamsError(
+            f"grid key {key!r}: a grid varies distill.*, evaluate.* and run.seed only (the data "
+            "and the teachers are shared by every experiment)"
+        )
+    return key
+
+
+def _part(key: str, value: Any, full: bool) -> str:
+    label = key.replace(".", "-") if full else key.rsplit(".", 1)[-1]
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    safe = "".join(c if c.isalnum() or c in "-." else "-" for c in text)
+    return f"{label}-{safe}"
+
+
+def expand(grid: Any) -> list[Experiment]:
+    """Every combination of ``grid`` (dotted key -> non-empty list of scalars), in order."""
+    if not isinstance(grid, dict) or not grid:
+        raise ParamsError(f"grid = {grid!r}: expected a mapping of keys to lists of values")
+    keys = [_check_key(k) for k in grid]
+    for key in keys:
+        values = grid[key]
+        if not isinstance(values, list) or not values:
+            raise ParamsError(f"grid key {key}: expected a non-empty list of values")
+        for v in values:
+            if not isinstance(v, SCALARS):
+                raise ParamsError(f"grid key {key}: {v!r} is not a number, string or boolean")
+        if len(set(map(repr, values))) != len(values):
+            raise ParamsError(f"grid key {key}: a value is listed twice")
+    lasts = [k.rsplit(".", 1)[-1] for k in keys]
+    full = len(set(lasts)) != len(lasts)  # two keys end alike: name by the whole key
+    out = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        overrides = dict(zip(keys, combo, strict=True))
+        name = "_".join(_part(k, v, full) for k, v in overrides.items())
+        if any(e.name == name for e in out):
+            raise ParamsError(
+                f"grid: two experiments would both be named {name!r} (values that differ only "
+                "in characters a folder name cannot hold)"
+            )
+        out.append(Experiment(name, overrides))
+    return out
+
+
+def apply(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the params mapping ``raw`` with ``overrides`` (dotted key -> value) set; every
+    key must exist already."""
+    out = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        node = out
+        *parents, last = dotted.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ParamsError(f"grid key {dotted}: no such section in params.yaml")
+            node = node[part]
+        if last not in node:
+            raise ParamsError(f"grid key {dotted}: no such key in params.yaml")
+        node[last] = value
+    return out
+
+
+def experiment_params(raw: dict[str, Any], exp: Experiment) -> tuple[dict[str, Any], Params]:
+    """The experiment's params mapping and its validated form; a bad value is one line naming
+    the experiment."""
+    merged = apply(raw, exp.overrides)
+    try:
+        return merged, parse_params(merged)
+    except ParamsError as e:
+        raise ParamsError(f"experiment {exp.name}: {e}") from None
+
+
+def methods(raw: dict[str, Any], experiments: list[Experiment]) -> list[str]:
+    """The distill.method values of the experiments, each once, in order."""
+    seen: list[str] = []
+    for exp in experiments:
+        m = exp.overrides.get("distill.method", raw["distill"]["method"])
+        if m not in seen:
+            seen.append(m)
+    return seen
+
+
+def dvc_command(grid: dict[str, list[Any]]) -> str:
+    """The ``dvc exp run --queue`` command that queues the same combinations."""
+    expand(grid)  # validates
+
+    def text(v: Any) -> str:
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    sets = " ".join(f"-S '{k}={','.join(map(text, v))}'" for k, v in grid.items())
+    return f"dvc exp run --queue {sets}"

@@ -1,0 +1,157 @@
+"""The two teacher stages: train a teacher, or take a published checkpoint instead; neither when no
+method of the run learns from it (``bmtard.config.method_table``): the stage then writes a file in
+the model's place, and curves, that say no teacher was trained."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from bmtard.config import method_table
+from bmtard.config.params import CleanTeacherConfig, RobustTeacherConfig, RunConfig, to_dict
+from bmtard.core.distributed import on_main
+from bmtard.core.io import sha256_file
+from bmtard.core.provenance import code_version
+from bmtard.core.stop import StopRequest
+from bmtard.data.stage_data import StageData
+from bmtard.evaluation.accuracy import monitor as run_monitor
+from bmtard.methods.adversarial import PGDAT, TRADES
+from bmtard.methods.standard import Standard
+from bmtard.models.checkpoint import ModelSpec, TrainingRecord, import_state_dict, save_no_model
+from bmtard.runtime.execution import Execution
+from bmtard.training.stage import (
+    Outputs,
+    finish,
+    finished_before,
+    train_and_save,
+    write_model,
+)
+from bmtard.training.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+TeacherConfig = CleanTeacherConfig | RobustTeacherConfig
+
+
+def write_not_needed(section: str, outputs: Outputs, methods: tuple[str, ...]) -> None:
+    """The outputs of a teacher stage whose teacher none of ``methods`` learns from: a file in
+    the model's place that names them (loading it fails with that reason), and curves of one
+    point, trained = 0 (no empty folders: git would not keep them for DVC)."""
+    names = ", ".join(methods)
+    reason = f"{section}: no teacher was trained: distill.method {names} learns from none here"
+    with Tracker(outputs.live, outputs.tb) as tracker:
+        tracker.log(0, {"trained": 0.0})
+        tracker.summary({"trained": False, "reason": reason})
+    save_no_model(outputs.model, reason)
+    log.info("%s; wrote %s in the model's place", reason, outputs.model)
+
+
+def _use_checkpoint(
+    section: str,
+    cfg: TeacherConfig,
+    spec: ModelSpec,
+    run: RunConfig,
+    data: StageData,
+    device: torch.device,
+    outputs: Outputs,
+) -> None:
+    """Import ``cfg.checkpoint`` (weights_only, strict keys), check it once on the monitor
+    images, and save it in our format."""
+    assert cfg.checkpoint is not None
+    model = import_state_dict(cfg.checkpoint, spec).to(device)
+    metrics = run_monitor(model, data.test, cfg.monitor, device)
+    log.info("%s: imported %s: %s", section, cfg.checkpoint, metrics)
+    record = TrainingRecord(
+        stage=section,
+        source=str(cfg.checkpoint),
+        source_sha256=sha256_file(cfg.checkpoint),
+        params=to_dict(cfg),
+        selected_metrics=metrics,
+        data=data.splits,
+        code=code_version(),
+    )
+    with Tracker(outputs.live, outputs.tb) as tracker:
+        tracker.log(0, metrics)
+        tracker.summary({"source": "checkpoint", **metrics})
+        write_model(section, outputs.model, spec, model.state_dict(), record)
+    finish(outputs, run, None)
+
+
+def _teacher(
+    section: str,
+    method_name: str,
+    method: Standard | TRADES | PGDAT,
+    run: RunConfig,
+    cfg: TeacherConfig,
+    data: StageData,
+    device: torch.device,
+    outputs: Outputs,
+    stop: StopRequest | None,
+    methods: tuple[str, ...],
+) -> None:
+    cfg = cfg.resolved(data.dataset)  # a null arch: the dataset's teacher
+    spec = ModelSpec(cfg.arch, cfg.width, data.num_classes)
+    role = section.removesuffix("_teacher")
+    record = TrainingRecord(
+        stage=section, method=method_name, params=to_dict(cfg), data=data.splits,
+        code=code_version(),
+    )  # fmt: skip
+    # what writes without training runs on rank 0 alone when there are several processes
+    if cfg.checkpoint is None and on_main(lambda: finished_before(section, outputs, record, run)):
+        return  # e.g. rerun because distill.method changed to another method with this teacher
+    if not method_table.needs(methods, role):
+        on_main(lambda: write_not_needed(section, outputs, methods))
+        return
+    if cfg.checkpoint is not None:
+        on_main(lambda: _use_checkpoint(section, cfg, spec, run, data, device, outputs))
+        return
+    train_and_save(
+        spec.build().to(device),
+        method,
+        spec,
+        data,
+        section=section,
+        optim=cfg.optim,
+        monitor=cfg.monitor,
+        selection="last",
+        run=run,
+        device=device,
+        outputs=outputs,
+        record=record,
+        execution=method.execution,
+        stop=stop,
+    )
+
+
+def train_clean_teacher(
+    run: RunConfig,
+    cfg: CleanTeacherConfig,
+    data: StageData,
+    device: torch.device,
+    outputs: Outputs,
+    stop: StopRequest | None = None,
+    methods: tuple[str, ...] = ("bmtard",),
+) -> None:
+    """Standard training of the clean teacher (or import of ``cfg.checkpoint``), if one of
+    ``methods`` (``distill.method`` values) learns from it."""
+    method = Standard(Execution.from_config(run, device))
+    _teacher("clean_teacher", "standard", method, run, cfg, data, device, outputs, stop, methods)
+
+
+def train_robust_teacher(
+    run: RunConfig,
+    cfg: RobustTeacherConfig,
+    data: StageData,
+    device: torch.device,
+    outputs: Outputs,
+    stop: StopRequest | None = None,
+    methods: tuple[str, ...] = ("bmtard",),
+) -> None:
+    """TRADES or PGD-AT training of the robust teacher (or import of ``cfg.checkpoint``), if one
+    of ``methods`` (``distill.method`` values) learns from it."""
+    ex = Execution.from_config(run, device)
+    method = (
+        TRADES(cfg.attack, cfg.trades_beta, ex) if cfg.method == "trades" else PGDAT(cfg.attack, ex)
+    )
+    _teacher("robust_teacher", cfg.method, method, run, cfg, data, device, outputs, stop, methods)
