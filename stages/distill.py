@@ -23,7 +23,7 @@ def main(params, args, stop):
     run_distill(
         params.run,
         params.distill,
-        StageData.load(args.data),
+        StageData.load(args.data, val=True),
         device,
         Path(args.clean_teacher),
         Path(args.robust_teacher),

@@ -21,8 +21,9 @@ from bmtard.config.params import BalanceConfig, OptimConfig, TrainAttackConfig  
 from bmtard.core import distributed  # noqa: E402
 from bmtard.data.loader import Batches  # noqa: E402
 from bmtard.data.splits import Split  # noqa: E402
-from bmtard.methods.b_mtard import BMTARD  # noqa: E402
+from bmtard.methods.b_mtard import BMTARD
 from bmtard.methods.balance import Balance  # noqa: E402
+from bmtard.methods.hooks import Hooks  # noqa: E402
 from bmtard.models import build_model  # noqa: E402
 from bmtard.models.checkpoint import ModelSpec  # noqa: E402
 from bmtard.training.loop import Parts, fit, make_optimizer  # noqa: E402
@@ -51,7 +52,7 @@ def _teacher(seed: int, scale: float) -> torch.nn.Module:
     return m.eval()
 
 
-class Recording:
+class Recording(Hooks):
     """B-MTARD's step, with its balance state appended to ``steps`` after every batch."""
 
     def __init__(self, method: BMTARD) -> None:

@@ -10,17 +10,11 @@ import pytest
 import yaml
 
 from bmtard.config import attack_table
-from bmtard.experiments.compare import (
-    COLUMNS,
-    gather,
-    main,
-    parse_exp_show,
-    points,
-    rows,
-    to_markdown,
-    write_comparison,
-)
+from bmtard.experiments.compare import main, rows, to_markdown, write_comparison
 from bmtard.experiments.reported import REPORTED
+from bmtard.experiments.runs import COLUMNS, gather, parse_exp_show
+from bmtard.experiments.seeds import groups, summary_rows
+from bmtard.experiments.tradeoff import points
 
 from conftest import ROOT
 
@@ -40,15 +34,21 @@ def _metrics(clean: float, aa: float | None, passed: bool | None = True) -> dict
     return out
 
 
-def _params(method: str, seed: int = 0) -> dict:
+def _params(method: str, seed: int = 0, **dotted) -> dict:
     p = json.loads(json.dumps(PARAMS))
     p["distill"]["method"], p["run"]["seed"] = method, seed
+    for key, value in dotted.items():
+        section, *path, last = key.split("__")
+        node = p[section]
+        for part in path:
+            node = node[part]
+        node[last] = value
     return p
 
 
-def _finished(folder, method, seed, metrics) -> None:
+def _finished(folder, method, seed, metrics, **dotted) -> None:
     (folder / "metrics").mkdir(parents=True)
-    (folder / "params.yaml").write_text(yaml.safe_dump(_params(method, seed)))
+    (folder / "params.yaml").write_text(yaml.safe_dump(_params(method, seed, **dotted)))
     (folder / "metrics" / "evaluate.json").write_text(json.dumps(metrics))
 
 
@@ -159,7 +159,7 @@ def test_files_and_picture(tmp_path):
     out = tmp_path / "comparison"
     written = write_comparison(gather(tmp_path, use_dvc=False), out)
     assert [p.name for p in written] == [
-        "comparison.csv", "comparison.md", "tradeoff.csv", "tradeoff-cifar10.png",
+        "comparison.csv", "comparison.md", "summary.csv", "tradeoff.csv", "tradeoff-cifar10.png",
     ]  # fmt: skip
     png = (out / "tradeoff-cifar10.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
@@ -193,3 +193,38 @@ def test_an_unreadable_run_is_skipped_with_a_warning(tmp_path, bad, caplog):
     runs = gather(tmp_path, use_dvc=False)
     assert [r.name for r in runs] == ["good"]
     assert "skipped" in caplog.text
+
+
+def test_seeds_are_aggregated_per_setting_with_mean_std_and_n(tmp_path):
+    """Runs that differ only in run.seed form one setting: each column's mean, sample standard
+    deviation and number of runs; a column a run lacks counts fewer runs; the workspace that
+    repeats a grid run is counted once; settings of one method apart by a parameter are named by
+    it; IGDM on is a method of its own in the tables."""
+    results = tmp_path / "results"
+    _finished(results / "b0", "bmtard", 0, _metrics(60.0, 30.0))
+    _finished(results / "b1", "bmtard", 1, _metrics(62.0, 34.0))
+    _finished(results / "b2", "bmtard", 2, _metrics(64.0, None))  # no AutoAttack
+    _finished(tmp_path, "bmtard", 2, _metrics(64.0, None))  # the workspace: b2 again
+    _finished(results / "t0", "bmtard", 0, _metrics(50.0, 20.0), distill__balance__tau_lr=0.002)
+    _finished(results / "i0", "bmtard", 0, _metrics(55.0, 25.0), distill__igdm__alpha=1.0)
+    found = groups(gather(tmp_path, use_dvc=False))
+    assert [(g.label, g.seeds) for g in found] == [  # in the order first seen
+        ("B-MTARD (distill.balance.tau_lr=0.001)", [0, 1, 2]),
+        ("B-MTARD+IGDM", [0]),
+        ("B-MTARD (distill.balance.tau_lr=0.002)", [0]),
+    ]  # fmt: skip
+    row = summary_rows(found)[0]
+    assert row["Seeds"] == "0,1,2" and row["Sanity"] == "3 passed"
+    assert row["Clean"] == "62.00 ± 2.00 (3)"  # sample std of 60, 62, 64
+    assert row["AA"] == "32.00 ± 2.83 (2)"  # sqrt(8): the third run has no AutoAttack
+    assert row["W-Robust"] == "46.50 ± 2.12 (2)"
+    assert summary_rows(found)[2]["Clean"] == "50.00 (1)"
+    out = tmp_path / "comparison"
+    write_comparison(gather(tmp_path, use_dvc=False), out)
+    with open(out / "summary.csv") as f:
+        first = next(csv.DictReader(f))
+    assert (float(first["Clean mean"]), float(first["Clean std"]), first["AA n"]) == (62, 2, "2")
+    assert (
+        "| B-MTARD (distill.balance.tau_lr=0.001) | resnet18 | cifar10 | 0,1,2 |"
+        in (out / "comparison.md").read_text()
+    )

@@ -119,7 +119,11 @@ def with_value(dotted, value):
             "sum",
             "distill.kl_reduction = 'sum': allowed are mean, batchmean",
         ),
-        ("distill.checkpoint", "median", "distill.checkpoint = 'median': allowed are best, last"),
+        (
+            "distill.checkpoint",
+            "median",
+            "distill.checkpoint = 'median': allowed are best, best_val, last",
+        ),
         ("distill.optim.milestones", [260, 215], "distill.optim.milestones = [260, 215]: must be"),
         ("distill.balance.tau_min", 20.0, "distill.balance.tau_min = 20.0 > tau_max"),
         ("distill.balance.w_adv_init", 1.5, "distill.balance.w_adv_init = 1.5: must be <= 1"),
@@ -441,3 +445,98 @@ def test_speed_keys_default_to_the_faithful_path_and_are_validated():
         parse_params(with_value("run.precision", "fp16"))
     with pytest.raises(ParamsError, match=r"^run\.compile = 'yes': expected true/false$"):
         parse_params(with_value("run.compile", "yes"))
+
+
+def with_values(**dotted):
+    raw = copy.deepcopy(BASE)
+    for key, value in dotted.items():
+        node = raw
+        *parents, last = key.split("__")
+        for k in parents:
+            node = node[k]
+        node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (
+            {"distill__checkpoint": "best_val"},
+            "distill.checkpoint = best_val needs a validation split: set data.val_limit",
+        ),
+        (
+            {"distill__method": "sat", "distill__igdm__alpha": 1.0},
+            "distill.igdm.alpha = 1 with method sat: IGDM composes with ard, rslad, mtard, "
+            "bmtard, adaad only (0 turns it off)",
+        ),
+        (
+            {"distill__method": "ciard", "run__processes": 2},
+            "run.processes = 2 with distill.method ciard: it trains a network besides the "
+            "student, which several processes do not share; use 1",
+        ),
+        (
+            {"distill__method": "peeraid", "distill__peeraid__output": "swa"},
+            "distill.peeraid.output = swa with checkpoint best: the weight average is written at "
+            "the end of the run; set checkpoint: last",
+        ),
+        (
+            {"clean_teacher__optim__weight_decay": None},
+            "clean_teacher.optim.weight_decay = null: must be given (null is allowed in distill",
+        ),
+        (
+            {"robust_teacher__optim__schedule": None},
+            "robust_teacher.optim.schedule = null: must be given (null is allowed in distill",
+        ),
+        ({"distill__optim__schedule": "cosine"}, "distill.optim.schedule = 'cosine': allowed are"),
+        ({"data__val_limit": 0}, "data.val_limit = 0: must be >= 1"),
+        ({"distill__checkpoint": "best_test"}, "distill.checkpoint = 'best_test': allowed are"),
+    ],
+)
+def test_the_new_methods_settings_are_checked_in_one_line(values, message):
+    with pytest.raises(ParamsError) as e:
+        parse_params(with_values(**values))
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_nulls_take_each_methods_published_settings():
+    """adaad and dgad: 200 epochs, steps at 100/150, weight decay 5e-4; ciard: cosine_exp;
+    peeraid: its lr steps and its loss settings per dataset; adaad's KL reduction per dataset;
+    dgad's bracket bug on for a MobileNetV2 student only."""
+    d = parse_params(BASE).distill
+
+    def resolved(method, dataset="cifar10", **extra):
+        return dataclasses.replace(d, method=method, **extra).resolved(dataset)
+
+    for m in ("adaad", "dgad"):
+        o = resolved(m).optim
+        assert (o.epochs, o.milestones, o.weight_decay, o.schedule) == (
+            200, [100, 150], 5e-4, "step",
+        )  # fmt: skip
+    o = resolved("ciard").optim
+    assert (o.epochs, o.milestones, o.weight_decay, o.schedule) == (
+        300, [215, 260, 285], 2e-4, "cosine_exp",
+    )  # fmt: skip
+    assert resolved("peeraid").optim.milestones == [214, 259, 284]
+    assert resolved("bmtard").optim.schedule == "step"
+    assert [resolved("adaad", ds).kl_reduction for ds in ("cifar10", "cifar100")] == [
+        "mean", "batchmean",
+    ]  # fmt: skip
+    assert resolved("bmtard", "cifar100").kl_reduction == "mean"
+    p10, p100 = resolved("peeraid").peeraid, resolved("peeraid", "cifar100").peeraid
+    assert (p10.temperature, p10.gamma2, p10.lambda1, p10.lambda3) == (5.0, 0.1, 0.0, 1.0)
+    assert p100.gamma2 == 1.0
+    tiny = resolved("peeraid", "tiny_imagenet").peeraid
+    assert (tiny.temperature, tiny.gamma2, tiny.lambda1, tiny.lambda2, tiny.lambda3) == (
+        1.0, 100.0, 0.035, 35.0, 20.0,
+    )  # fmt: skip
+    given = dataclasses.replace(d.peeraid, gamma2=0.5)
+    assert resolved("peeraid", peeraid=given).peeraid.gamma2 == 0.5  # a number overrides
+    assert resolved("dgad").dgad.bracket_bug is False
+    assert resolved("dgad", arch="mobilenet_v2").dgad.bracket_bug is True
+    assert resolved("dgad", "tiny_imagenet", arch=None).dgad.bracket_bug is True  # its student
+
+
+def test_best_val_is_allowed_with_a_validation_split():
+    p = parse_params(with_values(distill__checkpoint="best_val", data__val_limit=500))
+    assert (p.distill.checkpoint, p.data.val_limit) == ("best_val", 500)

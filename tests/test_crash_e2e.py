@@ -149,7 +149,7 @@ def test_one_engine_at_a_time(snake_resumed):
     before = {p: p.read_bytes() for p in sorted((repo / "data").glob("*"))}
     holder = subprocess.Popen(
         [str(BIN / "python"), "-c",
-         "import sys, time; from bmtard import project_lock as p; "
+         "import sys, time; from bmtard.core import project_lock as p; "
          "f = p.hold_for_run(sys.argv[1]); print('held', flush=True); time.sleep(600)",
          "snakemake"],
         cwd=repo, env=env(), stdout=subprocess.PIPE, text=True,
@@ -169,7 +169,7 @@ def test_one_engine_at_a_time(snake_resumed):
         holder.wait()
     holder = subprocess.Popen(
         [str(BIN / "python"), "-c",
-         "from bmtard import project_lock as p; import time; "
+         "from bmtard.core import project_lock as p; import time; "
          "f = p.enter_stage('stage distill'); print('held', flush=True); time.sleep(600)"],
         cwd=repo, env=env(), stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -527,3 +527,39 @@ def test_relative_local_root_is_from_the_project_also_in_a_dvc_queue_copy(tmp_pa
     assert from_project(rel, copy) == project / rel  # not copy / rel
     assert from_project(rel, project) == rel  # the project itself: as written
     assert from_project(tmp_path / "abs", copy) == tmp_path / "abs"
+
+
+def test_a_validation_split_is_held_out_of_the_training_split(tmp_path):
+    """data.val_limit: the last images of each class of the training split, balanced, never in
+    train.npz; train.npz takes the first of the others; the manifest says so; without it the
+    validation split is empty and train.npz as before."""
+    cfg = DataConfig(
+        local_root=str(SAMPLE), verify_md5=False, train_limit=200, test_limit=20, val_limit=30
+    )
+    manifest = prepare(cfg, tmp_path)
+    train, val = load_split(tmp_path / "train.npz"), load_split(tmp_path / "val.npz")
+    assert np.bincount(train.labels).tolist() == [20] * 10
+    assert np.bincount(val.labels).tolist() == [3] * 10
+    seen = {im.tobytes() for im in train.images}
+    assert not any(im.tobytes() in seen for im in val.images)  # never trained on
+    # the last three of each class of the sample's training split, in the original order
+    full = prepare(DataConfig(local_root=str(SAMPLE), verify_md5=False), tmp_path / "full")
+    everything = load_split(tmp_path / "full" / "train.npz")
+    last = np.sort(np.concatenate([np.flatnonzero(everything.labels == c)[-3:] for c in range(10)]))
+    assert np.array_equal(val.images, everything.images[last])
+    s = manifest["splits"]
+    assert list(s) == ["train", "val", "test"]
+    assert s["val"]["indices"].startswith("last per class of the training split")
+    assert s["train"]["indices"] == "first per class after the validation images, original order"
+    assert full["splits"]["val"]["count"] == 0 and full["splits"]["val"]["indices"] == "none"
+    assert full["splits"]["train"]["count"] == 4000
+
+
+def test_held_out_indices_by_hand():
+    from bmtard.data.datasets import held_out_indices
+
+    labels = np.array([0, 1, 0, 1, 0, 1, 2, 2])
+    assert held_out_indices(labels, 3, 3, "data.val_limit").tolist() == [4, 5, 7]
+    assert held_out_indices(labels, None, 3, "data.val_limit").tolist() == []
+    with pytest.raises(DataError, match=r"^data.val_limit = 9: class 2 has only 2 images here"):
+        held_out_indices(labels, 9, 3, "data.val_limit")

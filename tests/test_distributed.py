@@ -96,7 +96,7 @@ def test_a_repeated_stop_signal_is_the_same_request_until_the_window_ends():
     REPEAT_SECONDS do not end the process; one after that does (Ctrl-C pressed again)."""
     script = (
         "import os, signal, sys, time\n"
-        "from bmtard import stop as s\n"
+        "from bmtard.core import stop as s\n"
         "s.REPEAT_SECONDS = 0.5\n"
         "with s.graceful_stop() as req:\n"
         "    for _ in range(3):\n"

@@ -235,7 +235,7 @@ def test_command_writes_metrics_plots_and_card(files, capsys):
     details = json.loads((out / "details.json").read_text())
     assert list(details["accuracy"]) == ["clean", "fgsm", "pgd_sat", "worst_case"]
     assert set(details["sanity"]) >= {"passed", "n_failed", "eps_monotone", "gradients"}
-    assert set(details["weighted_robust"]) == {"fgsm", "pgd_sat", "worst_case"}
+    assert set(details["weighted_robust"]) == {"fgsm", "pgd_sat"}
     with open(out / "eps_curve.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["eps"] for r in rows] == ["0", "2", "4", "8", "16"]

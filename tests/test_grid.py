@@ -40,7 +40,9 @@ def test_keys_that_end_alike_are_named_in_full():
         ({"run.seed": [[1]]}, "grid key run.seed: [1] is not a number, string or boolean"),
         ({}, "grid = {}: expected a mapping of keys to lists of values"),
         ({"distill.arch": ["a/b", "a b"]}, "grid: two experiments would both be named 'arch-a-b'"),
-        (["run.seed"], "grid = ['run.seed']: expected a mapping"),
+        (["run.seed"], "grid = 'run.seed': expected a mapping"),
+        ([{"run.seed": [0]}, {"run.seed": [0]}], "grid: experiment 'seed-0' is listed twice"),
+        ([], "grid = []: expected a mapping"),
     ],
 )
 def test_bad_grids_are_one_line(grid, message):
@@ -59,13 +61,58 @@ def test_each_experiment_is_validated_as_a_params_file():
         experiment_params(QUICK, bad)
     assert str(e.value) == (
         "experiment method-kd: distill.method = 'kd': allowed are sat, trades, ard, rslad, "
-        "mtard, bmtard"
+        "mtard, bmtard, adaad, dgad, ciard, peeraid"
+    )
+    (igdm_on_sat,) = expand({"distill.method": ["sat"], "distill.igdm.alpha": [1.0]})
+    with pytest.raises(ParamsError) as e:
+        experiment_params(QUICK, igdm_on_sat)
+    assert str(e.value) == (
+        "experiment method-sat_alpha-1.0: distill.igdm.alpha = 1 with method sat: IGDM composes "
+        "with ard, rslad, mtard, bmtard, adaad only (0 turns it off)"
     )
     with pytest.raises(ParamsError, match=r"^grid key distill\.optim\.nope: no such key"):
         apply(QUICK, {"distill.optim.nope": 1})
 
 
+def test_a_list_of_grids_takes_their_experiments_together():
+    """IGDM only where it composes: a list of products, not one product of every value."""
+    exps = expand(
+        [
+            {"distill.method": ["sat"], "run.seed": [0]},
+            {"distill.method": ["bmtard"], "distill.igdm.alpha": [0.0, 1.0], "run.seed": [0]},
+        ]
+    )
+    assert [e.name for e in exps] == [
+        "method-sat_seed-0", "method-bmtard_alpha-0.0_seed-0", "method-bmtard_alpha-1.0_seed-0",
+    ]  # fmt: skip
+    assert methods(QUICK, exps) == ["sat", "bmtard"]
+    for exp in exps:
+        experiment_params(QUICK, exp)  # each one valid
+
+
+def test_the_shipped_grid_covers_every_method_and_seeds_the_new_ones():
+    from bmtard.config import method_table
+
+    grid = yaml.safe_load((ROOT / "presets" / "grid.yaml").read_text())["grid"]
+    exps = expand(grid)
+    assert set(methods(QUICK, exps)) == set(method_table.NAMES)
+    for exp in exps:
+        experiment_params(QUICK, exp)
+    seeds: dict[tuple[str, float], set[int]] = {}
+    for exp in exps:
+        o = exp.overrides
+        seeds.setdefault((o["distill.method"], o.get("distill.igdm.alpha", 0.0)), set()).add(
+            o["run.seed"]
+        )
+    for method in ("bmtard", "adaad"):
+        for alpha in (0.0, 1.0):
+            assert len(seeds[(method, alpha)]) >= 2, (method, alpha)
+
+
 def test_the_same_grid_as_a_dvc_queue_command():
+    assert dvc_command([{"distill.method": ["sat"]}, {"run.seed": [0, 1]}]) == (
+        "dvc exp run --queue -S 'distill.method=sat'\ndvc exp run --queue -S 'run.seed=0,1'"
+    )
     assert dvc_command({"distill.method": ["sat", "bmtard"], "run.seed": [0, 1]}) == (
         "dvc exp run --queue -S 'distill.method=sat,bmtard' -S 'run.seed=0,1'"
     )

@@ -50,7 +50,9 @@ def data():
 
 def test_every_method_of_the_table_is_built_and_allowed():
     assert tuple(BUILDERS) == method_table.NAMES
-    assert method_table.NAMES == ("sat", "trades", "ard", "rslad", "mtard", "bmtard")
+    assert method_table.NAMES == (
+        "sat", "trades", "ard", "rslad", "mtard", "bmtard", "adaad", "dgad", "ciard", "peeraid",
+    )  # fmt: skip
     with pytest.raises(ParamsError, match=r"^distill\.method = 'kd': allowed are sat, trades, "):
         parse_params(_with(QUICK, "distill", method="kd"))
 
@@ -64,8 +66,13 @@ def test_teachers_of_each_method():
         "rslad": ("robust",),
         "mtard": ("clean", "robust"),
         "bmtard": ("clean", "robust"),
+        "adaad": ("robust",),
+        "dgad": ("robust",),
+        "ciard": ("clean", "robust"),
+        "peeraid": (),
     }
     assert method_table.needs(["sat", "ard"], "robust")
+    assert not method_table.needs(["peeraid", "sat", "trades"], "robust")
     assert not method_table.needs(["sat", "ard", "rslad"], "clean")
 
 
@@ -83,7 +90,7 @@ def test_null_takes_the_methods_published_settings_and_numbers_override_them():
         "uniform_unclamped",
     )
     assert got["sat"].attack.init == "uniform"
-    for name in ("trades", "rslad", "mtard", "bmtard"):
+    for name in ("trades", "rslad", "mtard", "bmtard", "ciard"):
         c = got[name]
         assert (c.optim.epochs, c.optim.milestones, c.attack.init) == (
             300,
@@ -133,9 +140,10 @@ def test_shipped_params_resolve_to_the_paper_recipe():
 
     d = load_params(shipped_params()).distill
     assert (d.optim.epochs, d.optim.milestones, d.attack.init) == (None, None, None)
+    assert (d.optim.weight_decay, d.optim.schedule, d.kl_reduction) == (None, None, None)
     assert d.resolved("cifar10") == dataclasses.replace(
         Params().distill, ard=d.ard, trades_beta=d.trades_beta
-    )
+    ).resolved("cifar10")
 
 
 # --------------------------------------------------------------------------- the distillation
@@ -178,8 +186,57 @@ def test_each_method_trains_from_its_teachers_only(tmp_path, data, method):
     assert rec.key is not None
     curves = sorted(p.stem for p in (out.live / "plots" / "metrics").glob("*.tsv"))
     assert {"loss", "lr", "clean_acc", "pgd_acc"} <= set(curves)
-    if method in ("mtard", "bmtard"):
+    if method in ("mtard", "bmtard", "ciard"):
         assert {"w_adv", "w_nat", "tau_adv", "tau_nat"} <= set(curves)
+
+
+@pytest.mark.parametrize("method", ["bmtard", "adaad", "rslad"])
+def test_igdm_wraps_the_method(tmp_path, data, method):
+    """distill.igdm.alpha > 0: the method's loss plus the IGDM term, recorded and logged."""
+    clean, robust = teachers(tmp_path)
+    cfg = dataclasses.replace(
+        _cfg(method), igdm=dataclasses.replace(_cfg(method).igdm, alpha=2.0, ramp_epochs=4)
+    )
+    run = RunConfig(seed=0, device="cpu")
+    out = _outputs(tmp_path, method)
+    run_distill(run, cfg, data, runtime.setup(run), clean, robust, out)
+    rec = load_model(out.model)[1].record
+    assert rec.params["igdm"]["alpha"] == 2.0 and rec.method == method
+    live = json.loads((out.live / "metrics.json").read_text())
+    assert live["igdm_ramp"] == 0.25 and live["loss_igdm"] >= 0  # epoch 1 of ramp_epochs 4
+    assert live["loss"] == pytest.approx(live["loss_base"] + 2.0 * 0.25 * live["loss_igdm"])
+
+
+def test_the_networks_a_method_trains_are_kept_in_the_students_file(tmp_path, data):
+    """CIARD's fine-tuned robust teacher (its record says so) and PeerAiD's peer and weight
+    average, as they were at the selected epoch; PeerAiD's output: swa writes the average."""
+    from bmtard.models.checkpoint import saved_networks
+
+    clean, robust = teachers(tmp_path)
+    run = RunConfig(seed=0, device="cpu")
+    two = dataclasses.replace(_cfg("ciard").optim, epochs=2, milestones=[1])
+    ciard = dataclasses.replace(
+        _cfg("ciard"), optim=two, ciard=dataclasses.replace(_cfg("ciard").ciard, teacher_from=1)
+    )
+    out = _outputs(tmp_path, "ciard")
+    run_distill(run, ciard, data, runtime.setup(run), clean, robust, out)
+    rec = load_model(out.model)[1].record
+    assert rec.teachers["robust"]["fine_tuned"].startswith("by the method")
+    teacher = saved_networks(out.model)["robust_teacher"]
+    original, _ = load_model(robust)
+    moved = [k for k, v in teacher.items() if not torch.equal(v, original.state_dict()[k])]
+    assert moved  # it was trained in epoch 2 (after teacher_from = 1)
+    peeraid = dataclasses.replace(
+        _cfg("peeraid"), optim=two, checkpoint="last",
+        peeraid=dataclasses.replace(_cfg("peeraid").peeraid, swa_from=1, output="swa"),
+    )  # fmt: skip
+    out = _outputs(tmp_path, "peeraid")
+    run_distill(run, peeraid, data, runtime.setup(run), tmp_path / "no", tmp_path / "no", out)
+    model, info = load_model(out.model)
+    nets = saved_networks(out.model)
+    assert set(nets) == {"peer", "swa"} and info.record.teachers == {}
+    for k, v in model.state_dict().items():  # the student's file holds the weight average
+        assert torch.equal(v, nets["swa"][k]), k
 
 
 # --------------------------------------------------------------------------- the teacher stages
@@ -310,5 +367,5 @@ def test_the_teacher_stage_names_a_wrong_method_in_one_line():
             methods_arg(bad)
         assert str(e.value) == (
             f"--method {bad!r}: {name!r} is not a method; allowed are sat, trades, ard, rslad, "
-            "mtard, bmtard"
+            "mtard, bmtard, adaad, dgad, ciard, peeraid"
         )

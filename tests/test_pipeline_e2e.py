@@ -169,8 +169,8 @@ def test_snakemake_reruns_only_what_changed(snake_repo):
         "train_robust_teacher",
     ]
     # editing code a stage runs reruns it (and what depends on it), and no stage upstream of it
-    (repo / "bmtard" / "balance.py").write_text(
-        (repo / "bmtard" / "balance.py").read_text() + "\n# edited\n"
+    (repo / "bmtard" / "methods" / "balance.py").write_text(
+        (repo / "bmtard" / "methods" / "balance.py").read_text() + "\n# edited\n"
     )
     proc = run(repo, *SNAKEMAKE)
     assert sorted(snakemake_ran(proc.stderr + proc.stdout)) == ["distill", "evaluate"]

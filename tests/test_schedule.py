@@ -1,7 +1,8 @@
 """The step decay and the monitoring schedule of the official code."""
 
 from bmtard.config.params import MonitorConfig
-from bmtard.training.schedule import decay_factor, should_monitor
+from bmtard.methods.decays import decay_factor
+from bmtard.training.schedule import should_monitor
 
 
 def test_decay_after_each_milestone_epoch():
@@ -24,3 +25,30 @@ def test_official_monitor_epochs():
 
 def test_last_epoch_is_always_monitored():
     assert should_monitor(76, 76, MonitorConfig(every=10, dense_from=10**6))
+
+
+def test_ciard_cosine_exp_schedule_by_hand():
+    """CIARD.py: 0.1 before epoch 150, then 0.1 (0.5 + 0.5 cos(pi (e-150)/150)) exp(-0.01
+    (e-150)^2/150^2); the teacher's the same from 50 over 250 epochs."""
+    import math
+
+    from bmtard.config.params import OptimConfig
+    from bmtard.methods.decays import cosine_exp
+    from bmtard.training.schedule import lr_factor
+
+    cfg = OptimConfig(epochs=300, schedule="cosine_exp")
+    assert lr_factor(1, cfg) == lr_factor(149, cfg) == lr_factor(150, cfg) == 1.0
+    for e in (151, 200, 225, 299, 300):
+        t = (e - 150) / 150
+        want = (0.5 + 0.5 * math.cos(math.pi * t)) * math.exp(-0.01 * t * t)
+        assert abs(lr_factor(e, cfg) - want) < 1e-15
+    assert lr_factor(300, cfg) == 0.0 or lr_factor(300, cfg) < 1e-16
+    assert cosine_exp(50, 50, 300) == 1.0 and cosine_exp(49, 50, 300) == 1.0
+    t = (175 - 50) / 250
+    assert cosine_exp(175, 50, 300) == (0.5 + 0.5 * math.cos(math.pi * t)) * math.exp(-0.01 * t * t)
+    # the step schedule is the step decay, as before
+    m = [215, 260, 285]
+    step = OptimConfig(epochs=300, milestones=m)
+    assert [lr_factor(e, step) for e in range(1, 301)] == [
+        decay_factor(e, m, 0.1) for e in range(1, 301)
+    ]

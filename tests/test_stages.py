@@ -198,7 +198,8 @@ def test_resume_dir_that_cannot_be_created_is_one_line(prepared, tmp_path):
     proc = stage(
         repo, params, "stages.evaluate", "--data", "data", "--student", "models/student.pt",
         "--clean-teacher", "models/clean_teacher.pt", "--robust-teacher",
-        "models/robust_teacher.pt", "--metrics", "metrics/e.json", "--card", "models/s.card.json",
+        "models/robust_teacher.pt", "--metrics", "metrics/e.json", "--details", "metrics/d.json",
+        "--card", "models/s.card.json",
         "--plots", "metrics",
     )  # fmt: skip
     line = one_line_error(proc)

@@ -12,6 +12,9 @@ from torch.nn.parallel import DistributedDataParallel
 #: a loss to maximise: (logits (N, K)) -> scalar; it must be a sum over samples, so that each
 #: sample's gradient does not depend on the others in the batch.
 LossFn = Callable[[Tensor], Tensor]
+#: the same over the input itself: (x_adv (N, C, H, W)) -> scalar, for objectives that run more
+#: than one model (AdaAD's attack differentiates through the student and the teacher)
+Objective = Callable[[Tensor], Tensor]
 
 INITS = ("gaussian", "uniform", "uniform_unclamped", "none")
 
@@ -38,12 +41,41 @@ def pgd(
     delta0: an explicit start offset (N, C, H, W) that replaces ``init`` (for cross-checks).
     Returns detached x_adv with |x_adv - x| <= eps and 0 <= x_adv <= 1.
     """
-    if init not in INITS:
-        raise ValueError(f"init = {init!r}: allowed are {', '.join(INITS)}")
     # the gradient is with respect to x only: a DDP wrapper (several training processes) would
     # prepare its gradient all-reduce and copy buffers at every forward, so run its module
     if isinstance(model, DistributedDataParallel):
         model = model.module
+
+    def objective(x_adv: Tensor) -> Tensor:
+        return loss_fn(model(x_adv))
+
+    return pgd_input(
+        x,
+        objective,
+        eps=eps,
+        step_size=step_size,
+        steps=steps,
+        init=init,
+        gaussian_std=gaussian_std,
+        delta0=delta0,
+    )
+
+
+def pgd_input(
+    x: Tensor,
+    objective: Objective,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    init: str = "uniform",
+    gaussian_std: float = 0.001,
+    delta0: Tensor | None = None,
+) -> Tensor:
+    """L-inf PGD that maximises ``objective(x_adv)``, whatever models it runs (``pgd``'s steps,
+    starts and projection; the same arguments)."""
+    if init not in INITS:
+        raise ValueError(f"init = {init!r}: allowed are {', '.join(INITS)}")
     x = x.detach()
     if delta0 is not None:
         x_adv = (x + delta0).clamp(0, 1)
@@ -57,7 +89,7 @@ def pgd(
         x_adv = x.clone()
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        loss = loss_fn(model(x_adv))
+        loss = objective(x_adv)
         (grad,) = torch.autograd.grad(loss, x_adv)
         x_adv = x_adv.detach() + step_size * grad.sign()
         x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)

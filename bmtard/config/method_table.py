@@ -15,15 +15,22 @@ from dataclasses import dataclass
 CLEAN, ROBUST = "clean", "robust"
 #: the schedule of B-MTARD, MTARD and RSLAD's official code: 300 epochs, lr x 0.1 after 215/260/285
 DISTILL_EPOCHS, DISTILL_MILESTONES = 300, (215, 260, 285)
+#: AdaAD's (and DGAD's, a fork of it): 200 epochs, lr x 0.1 after 100 and 150, weight decay 5e-4
+ADAAD_EPOCHS, ADAAD_MILESTONES, ADAAD_WEIGHT_DECAY = 200, (100, 150), 5e-4
+WEIGHT_DECAY = 2e-4  # everyone else's
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     """One way of training the student.
 
-    teachers: the roles it learns from (none, the robust one, or both). epochs, milestones, init:
-    its published schedule and training-attack start (``distill.optim``, ``distill.attack``
-    take these where they are null). source: where the settings come from.
+    teachers: the roles it learns from (none, the robust one, or both). epochs, milestones, init,
+    weight_decay, schedule: its published schedule and training-attack start (``distill.optim``
+    and ``distill.attack`` take these where they are null; ``schedule`` is an lr schedule of
+    ``bmtard.training.schedule``: step decay at the milestones, or CIARD's cosine_exp, whose
+    milestones decay only its balance rates). igdm: whether the IGDM module composes with it
+    (``distill.igdm``). own_networks: it trains networks besides the student (a peer, a fine-tuned
+    teacher), which are not wrapped for several processes. source: where the settings come from.
     """
 
     name: str  # the value of distill.method, and the method in records and tables
@@ -36,6 +43,15 @@ class MethodSpec:
     # dataset's factor (x 10 on CIFAR-100: bmtard.config.dataset_table, distill.kl_scale null)
     kl_convention: bool
     source: str
+    weight_decay: float = WEIGHT_DECAY
+    schedule: str = "step"
+    igdm: bool = False
+    own_networks: bool = False
+    fine_tunes: tuple[str, ...] = ()  # the teachers it trains further (loaded, not frozen)
+    # the KL's reduction per dataset where distill.kl_reduction is null ("mean": over batch x
+    # classes, the official helper's; "batchmean": the textbook KL); the default for the others
+    kl_reduction: tuple[tuple[str, str], ...] = ()
+    kl_reduction_default: str = "mean"
 
 
 METHODS = (
@@ -54,19 +70,56 @@ METHODS = (
         "ARD's main.py: robust teacher on clean x, tau 30, alpha 1, train-mode PGD-CE from an "
         "unclamped uniform start, 200 epochs with lr steps at 100 and 150; its nn.KLDivLoss has "
         "no CIFAR-100 factor",
+        igdm=True,
     ),
     MethodSpec(
         "rslad", "RSLAD", (ROBUST,), DISTILL_EPOCHS, DISTILL_MILESTONES, "gaussian", True,
         "RSLAD's code: robust teacher on clean x at tau 1, KL attack, weights 5/6 and 1/6",
+        igdm=True,
     ),
     MethodSpec(
         "mtard", "MTARD", (CLEAN, ROBUST), DISTILL_EPOCHS, DISTILL_MILESTONES, "gaussian", True,
         "MTARD's ECCV code: both teachers at tau 1, w_adv = 1 - w_nat (distill.balance's "
         "w_adv_init and weight_lr)",
+        igdm=True,
     ),
     MethodSpec(
         "bmtard", "B-MTARD", (CLEAN, ROBUST), DISTILL_EPOCHS, DISTILL_MILESTONES, "gaussian", True,
         "B-MTARD's official code: Entropy-Based Balance and Normalization Loss Balance",
+        igdm=True,
+    ),
+    MethodSpec(
+        "adaad", "AdaAD", (ROBUST,), ADAAD_EPOCHS, ADAAD_MILESTONES, "gaussian", False,
+        "AdaAD's main.py and AT_helper.py (boyellow/AdaAD 9e5c6e5): the attack maximises the "
+        "summed KL through the student and the teacher; alpha KL(T(x')||S(x')) + (1 - alpha) "
+        "KL(T(x)||S(x)), alpha 1; nn.KLDivLoss's mean over batch x classes on CIFAR-10, sum / "
+        "batch on CIFAR-100 (no Tiny-ImageNet branch: ours is CIFAR-100's); 200 epochs, lr steps "
+        "at 100 and 150, weight decay 5e-4",
+        weight_decay=ADAAD_WEIGHT_DECAY, igdm=True,
+        kl_reduction=(("cifar10", "mean"),), kl_reduction_default="batchmean",
+    ),
+    MethodSpec(
+        "dgad", "DGAD", (ROBUST,), ADAAD_EPOCHS, ADAAD_MILESTONES, "gaussian", False,
+        "DGAD's main.py (kunsaram01/DGAD a0329c8, a fork of AdaAD): AdaAD's attack; the batch "
+        "split by whether the teacher gets the clean image right, its logits swapped, per-sample "
+        "KL sums over the configured batch size, and the consistency term; AdaAD's schedule",
+        weight_decay=ADAAD_WEIGHT_DECAY,
+    ),
+    MethodSpec(
+        "ciard", "CIARD", (CLEAN, ROBUST), DISTILL_EPOCHS, DISTILL_MILESTONES, "gaussian", True,
+        "CIARD.py (CIARD2025/CIARD 93a9a2d): both teachers, B-MTARD's entropy balance, the push "
+        "term on what the clean teacher gets wrong, the robust teacher fine-tuned in train mode "
+        "from epoch 50; lr 0.1, then cosine x exp from epoch 150 (its milestones decay the "
+        "balance rates only); the KL-helper convention on CIFAR-100 is ours (no official code)",
+        schedule="cosine_exp", own_networks=True, fine_tunes=(ROBUST,),
+    ),
+    MethodSpec(
+        "peeraid", "PeerAiD", (), DISTILL_EPOCHS, (214, 259, 284), "gaussian", False,
+        "PeerAiD's main.py (jaewonalive/PeerAiD cd12e92): no pretrained teacher, a peer of the "
+        "student's architecture trained with it on the student's adversarial examples, weight "
+        "averaging of the student from epoch 214 with a BatchNorm pass at each epoch's end; lr "
+        "steps at 214, 259 and 284",
+        own_networks=True,
     ),
 )  # fmt: skip
 
@@ -80,6 +133,28 @@ def method(name: str) -> MethodSpec:
         return BY_NAME[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}: allowed are {', '.join(NAMES)}") from None
+
+
+#: PeerAiD's published loss settings per dataset (its configs/*.json; distill.peeraid's nulls)
+PEERAID = {
+    "cifar10": {"temperature": 5.0, "peer_temperature": 1.0, "gamma1": 1.0, "gamma2": 0.1,
+                "lambda1": 0.0, "lambda2": 1.0, "lambda3": 1.0},
+    "cifar100": {"temperature": 5.0, "peer_temperature": 1.0, "gamma1": 1.0, "gamma2": 1.0,
+                 "lambda1": 0.0, "lambda2": 1.0, "lambda3": 1.0},
+    "tiny_imagenet": {"temperature": 1.0, "peer_temperature": 1.0, "gamma1": 1.0, "gamma2": 100.0,
+                      "lambda1": 0.035, "lambda2": 35.0, "lambda3": 20.0},
+}  # fmt: skip
+
+
+def peeraid_settings(dataset: str) -> dict[str, float]:
+    """PeerAiD's published loss settings on ``dataset``."""
+    return dict(PEERAID[dataset])
+
+
+def kl_reduction(name: str, dataset: str) -> str:
+    """The KL reduction ``name``'s official code uses on ``dataset``."""
+    spec = method(name)
+    return dict(spec.kl_reduction).get(dataset, spec.kl_reduction_default)
 
 
 def needs(methods: str | list[str] | tuple[str, ...], role: str) -> bool:

@@ -32,6 +32,10 @@ ARCHS = ("resnet18", "preact_resnet18", "mobilenet_v2", "resnet56", "wrn34_10", 
 DATASETS = dataset_table.NAMES
 METHODS = method_table.NAMES
 TRAIN_INITS = ("gaussian", "uniform", "uniform_unclamped")
+#: the lr schedules (bmtard.training.schedule): step decay at the milestones, or CIARD's
+LR_SCHEDULES = ("step", "cosine_exp")
+#: the checkpoint selection rules of the student (bmtard.training.selection)
+SELECTIONS = ("best", "best_val", "last")
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 EVAL_ATTACKS = attack_table.NAMES
 
@@ -109,23 +113,31 @@ class DataConfig:
     verify_md5: bool = True
     train_limit: int | None = _spec(None, ge=1, le=MAX_IMAGES)  # balanced per class; null = all
     test_limit: int | None = _spec(None, ge=1, le=MAX_IMAGES)
+    # images held out of the training split for validation (class-balanced, the last of each
+    # class; never trained on by any stage): the student's distill.checkpoint best_val selects
+    # on them; null = none
+    val_limit: int | None = _spec(None, ge=1, le=MAX_IMAGES)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD with step decay: lr x gamma after each epoch listed in milestones (1-based).
+    """SGD with an lr schedule: ``step`` (lr x gamma after each epoch listed in milestones,
+    1-based) or ``cosine_exp`` (CIARD's: constant, then cosine x exp over the second half of the
+    run; the milestones then decay only the balance rates of the method).
 
-    ``epochs`` and ``milestones`` may be null in ``distill.optim`` only: the method's published
-    values (``bmtard.config.method_table``), filled in by ``DistillConfig.resolved``."""
+    ``epochs``, ``milestones``, ``weight_decay`` and ``schedule`` may be null in ``distill.optim``
+    only: the method's published values (``bmtard.config.method_table``), filled in by
+    ``DistillConfig.resolved``."""
 
     epochs: int | None = _spec(300, ge=1, le=MAX_EPOCHS)
     batch_size: int = _spec(128, ge=1, le=MAX_BATCH)
     lr: float = _spec(0.1, gt=0, le=MAX_LR)
     momentum: float = _spec(0.9, ge=0, lt=1)
-    weight_decay: float = _spec(2e-4, ge=0, le=1)
+    weight_decay: float | None = _spec(2e-4, ge=0, le=1)
     # strictly increasing
     milestones: list[int] | None = _spec([215, 260, 285], ge=1, le=MAX_EPOCHS)
     gamma: float = _spec(0.1, gt=0, le=1)
+    schedule: str | None = _spec("step", choices=LR_SCHEDULES)
 
     def __post_init__(self) -> None:
         m = self.milestones
@@ -159,7 +171,12 @@ class TrainAttackConfig:
 
 def _no_method_defaults(optim: OptimConfig, attack: TrainAttackConfig | None = None) -> None:
     """Teachers have no method table: their schedule and attack start must be given."""
-    given = {"optim.epochs": optim.epochs, "optim.milestones": optim.milestones}
+    given = {
+        "optim.epochs": optim.epochs,
+        "optim.milestones": optim.milestones,
+        "optim.weight_decay": optim.weight_decay,
+        "optim.schedule": optim.schedule,
+    }
     if attack is not None:
         given["attack.init"] = attack.init
     for key, value in given.items():
@@ -269,6 +286,70 @@ class ARDConfig:
 
 
 @dataclass(frozen=True)
+class IGDMConfig:
+    """IGDM (Lee et al., ICLR 2025) on the method's loss: + alpha * (epoch / ramp_epochs) *
+    KL(softmax(T(x+beta d) - T(x-gamma d)) || softmax(S(x+beta d) - S(x-gamma d))), d the method's
+    own adversarial perturbation, T its robust teacher (bmtard.methods.igdm)."""
+
+    alpha: float = _spec(0.0, ge=0, le=1000)  # 0 = off
+    beta: float = _spec(1.0, ge=0, le=100)
+    gamma: float = _spec(1.0, ge=0, le=100)
+    ramp_epochs: int = _spec(200, ge=1, le=MAX_EPOCHS)  # the official 200, not clamped at 1
+    clamp_minus: bool = False  # clamp x - gamma d to [0, 1] (the official code does not)
+
+
+@dataclass(frozen=True)
+class AdaADConfig:
+    """AdaAD's loss: alpha * KL(T(x') || S(x')) + (1 - alpha) * KL(T(x) || S(x))."""
+
+    alpha: float = _spec(1.0, ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class DGADConfig:
+    """DGAD's loss: the split KL terms + beta * the consistency term (bmtard.methods.dgad)."""
+
+    beta: float = _spec(1.0, ge=0, le=1000)
+    # divide by the configured batch size, as the official code (its "128"), not the batch's
+    fixed_divisor: bool = True
+    # the official MobileNetV2 branch's bracket bug (a product of the two KL terms); null = on
+    # for a mobilenet_v2 student, off for the others
+    bracket_bug: bool | None = None
+
+
+@dataclass(frozen=True)
+class CIARDConfig:
+    """CIARD's robust teacher fine-tuning, push term and switches (bmtard.methods.ciard)."""
+
+    teacher_lr: float = _spec(1e-4, ge=0, le=MAX_LR)
+    teacher_momentum: float = _spec(0.1, ge=0, lt=1)
+    teacher_weight_decay: float = _spec(2e-4, ge=0, le=1)
+    teacher_from: int = _spec(50, ge=1, le=MAX_EPOCHS)  # the teacher trains after this epoch
+    push_temperature: float = _spec(5.0, gt=0, le=MAX_TAU)  # on the student's side of the push
+    weighted: bool = False  # w_adv L1 + w_nat L2 (March 2025); false: L1 + L2 (the code's HEAD)
+    per_step_decay: bool = True  # the code's decay of the balance rates on every milestone batch
+
+
+@dataclass(frozen=True)
+class PeerAiDConfig:
+    """PeerAiD's losses (null: the published value on the data's dataset) and weight averaging
+    (bmtard.methods.peeraid)."""
+
+    temperature: float | None = _spec(None, gt=0, le=MAX_TAU)  # T of the student's KL terms
+    peer_temperature: float | None = _spec(None, gt=0, le=MAX_TAU)  # T_r of the peer's KL
+    gamma1: float | None = _spec(None, ge=0, le=1000)  # the peer's CE
+    gamma2: float | None = _spec(None, ge=0, le=1000)  # the peer's KL to the student
+    lambda1: float | None = _spec(None, ge=0, le=1000)  # the student's CE
+    lambda2: float | None = _spec(None, ge=0, le=1000)  # the student's KL to the peer
+    lambda3: float | None = _spec(None, ge=0, le=1000)  # the student's KL to its clean self
+    # weight averaging of the student at the end of this epoch and each later one (the code's
+    # 0-based "epoch >= 214": the first epoch at the decayed lr)
+    swa_from: int = _spec(215, ge=1, le=MAX_EPOCHS)
+    # the weights written as the student: its own, or the weight average (needs checkpoint last)
+    output: str = _spec("student", choices=("student", "swa"))
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     """Training of the student: B-MTARD, or a baseline of the paper's comparison
     (``bmtard.config.method_table``). Null ``optim.epochs``, ``optim.milestones`` and
@@ -283,38 +364,78 @@ class DistillConfig:
     balance: BalanceConfig = field(default_factory=BalanceConfig)  # bmtard; mtard: its w_ keys
     ard: ARDConfig = field(default_factory=ARDConfig)
     trades_beta: float = _spec(6.0, ge=0, le=1000)  # trades
+    adaad: AdaADConfig = field(default_factory=AdaADConfig)
+    dgad: DGADConfig = field(default_factory=DGADConfig)
+    ciard: CIARDConfig = field(default_factory=CIARDConfig)
+    peeraid: PeerAiDConfig = field(default_factory=PeerAiDConfig)
+    igdm: IGDMConfig = field(default_factory=IGDMConfig)  # on ard, rslad, mtard, bmtard, adaad
     # mean: torch.mean over batch x classes, i.e. KL / C (the official code);
-    # batchmean: the KL divergence averaged over the batch (the textbook scale).
-    kl_reduction: str = _spec("mean", choices=("mean", "batchmean"))
+    # batchmean: the KL divergence averaged over the batch (the textbook scale);
+    # null: the method's official reduction on the dataset (mean; adaad: batchmean off CIFAR-10)
+    kl_reduction: str | None = _spec(None, choices=("mean", "batchmean"))
     # the factor on the KL terms of rslad, mtard and bmtard; null: the official convention, x 10
     # on CIFAR-100 (the mean over 100 classes), 1 elsewhere (bmtard.config.dataset_table)
     kl_scale: float | None = _spec(1.0, gt=0, le=MAX_KL_SCALE)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     # best: highest (clean + PGD-20)/2 on the monitor, i.e. selected on the test set
-    # (the official code); last: the final epoch, with no test-set selection.
-    checkpoint: str = _spec("best", choices=("best", "last"))
+    # (the official code); best_val: the same on the validation split (data.val_limit), never
+    # on the test set; last: the final epoch, with no selection.
+    checkpoint: str = _spec("best", choices=SELECTIONS)
 
     def resolved(self, dataset: str) -> DistillConfig:
         """This config with every null replaced by the method's published value or, for ``arch``
-        and ``kl_scale``, by ``dataset``'s."""
+        and ``kl_scale``, by ``dataset``'s; PeerAiD's loss settings by their published value on
+        ``dataset``; DGAD's bracket bug on for a MobileNetV2 student."""
         spec = method_table.method(self.method)
         data = dataset_table.dataset(dataset)
         o, a = self.optim, self.attack
+
+        def given(value: Any, default: Any) -> Any:
+            return default if value is None else value
+
         optim = dataclasses.replace(
             o,
-            epochs=spec.epochs if o.epochs is None else o.epochs,
-            milestones=list(spec.milestones) if o.milestones is None else o.milestones,
+            epochs=given(o.epochs, spec.epochs),
+            milestones=given(o.milestones, list(spec.milestones)),
+            weight_decay=given(o.weight_decay, spec.weight_decay),
+            schedule=given(o.schedule, spec.schedule),
         )
-        attack = dataclasses.replace(a, init=spec.init if a.init is None else a.init)
+        attack = dataclasses.replace(a, init=given(a.init, spec.init))
         convention = data.kl_scale if spec.kl_convention else 1.0
+        arch = given(self.arch, data.student)
+        published = method_table.peeraid_settings(dataset)
+        peeraid = dataclasses.replace(
+            self.peeraid,
+            **{k: given(getattr(self.peeraid, k), v) for k, v in published.items()},
+        )
+        dgad = dataclasses.replace(
+            self.dgad, bracket_bug=given(self.dgad.bracket_bug, arch == "mobilenet_v2")
+        )
         out = dataclasses.replace(
             self,
-            arch=data.student if self.arch is None else self.arch,
-            kl_scale=convention if self.kl_scale is None else self.kl_scale,
+            arch=arch,
+            kl_scale=given(self.kl_scale, convention),
+            kl_reduction=given(self.kl_reduction, method_table.kl_reduction(self.method, dataset)),
             optim=optim,
             attack=attack,
+            peeraid=peeraid,
+            dgad=dgad,
         )
         return self if out == self else out
+
+    def __post_init__(self) -> None:
+        spec = method_table.method(self.method)
+        if self.igdm.alpha > 0 and not spec.igdm:
+            on = ", ".join(m.name for m in method_table.METHODS if m.igdm)
+            raise ParamsError(
+                f"igdm.alpha = {self.igdm.alpha:g} with method {self.method}: IGDM composes "
+                f"with {on} only (0 turns it off)"
+            )
+        if self.peeraid.output == "swa" and self.checkpoint != "last":
+            raise ParamsError(
+                f"peeraid.output = swa with checkpoint {self.checkpoint}: the weight average is "
+                "written at the end of the run; set checkpoint: last"
+            )
 
 
 @dataclass(frozen=True)
@@ -369,7 +490,17 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def __post_init__(self) -> None:
+        if self.distill.checkpoint == "best_val" and self.data.val_limit is None:
+            raise ParamsError(
+                "distill.checkpoint = best_val needs a validation split: set data.val_limit "
+                "(images held out of the training split)"
+            )
         n = self.run.processes
+        if n > 1 and method_table.method(self.distill.method).own_networks:
+            raise ParamsError(
+                f"run.processes = {n} with distill.method {self.distill.method}: it trains a "
+                "network besides the student, which several processes do not share; use 1"
+            )
         for section in ("clean_teacher", "robust_teacher", "distill"):
             size = getattr(self, section).optim.batch_size
             if size % n:

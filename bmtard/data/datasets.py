@@ -60,8 +60,9 @@ TINY_IMAGENET_ZIP = Archive(
 @dataclass(frozen=True)
 class Raw:
     """A dataset's raw files as read: ``folder`` (the dataset folder, e.g. .../tiny-imagenet-200),
-    the class names in index order, the splits "train" and "test" cut to their limits, and per
-    split the SHA-256 of what was read (name -> hex digest)."""
+    the class names in index order, the splits "train", "val" (held out of the official training
+    split; empty without ``data.val_limit``) and "test" cut to their limits, and per split the
+    SHA-256 of what was read (name -> hex digest)."""
 
     folder: Path
     classes: list[str]
@@ -151,13 +152,37 @@ def locate_local_root(local_root: str, folder: str) -> Path:
     )
 
 
-def _kept(cfg: DataConfig, split_name: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """The indices of a split kept by its limit (``data.<split>_limit``), balanced per class."""
-    limit = cfg.train_limit if split_name == "train" else cfg.test_limit
-    key = f"data.{split_name}_limit"
-    if limit is not None and limit > len(labels):
-        raise DataError(f"{key} = {limit}: only {len(labels)} {split_name} images here")
-    return balanced_indices(labels, limit, num_classes, key)
+def held_out_indices(
+    labels: np.ndarray, limit: int | None, num_classes: int, what: str
+) -> np.ndarray:
+    """Indices of the **last** ``limit`` images, balanced per class (as ``balanced_indices``
+    counts them), in their original order; none for ``limit`` None."""
+    if limit is None:
+        return np.arange(0)
+    reversed_labels = labels[::-1]
+    idx = balanced_indices(reversed_labels, limit, num_classes, what)
+    return np.sort(len(labels) - 1 - idx)
+
+
+def _kept(
+    cfg: DataConfig, split_name: str, labels: np.ndarray, num_classes: int
+) -> dict[str, np.ndarray]:
+    """The indices kept of one official split: {"test": ...} for the test split; for the
+    training split {"val": the last ``data.val_limit`` images of each class (balanced), "train":
+    the first ``data.train_limit`` of the others (balanced)}, disjoint, each in original order."""
+    if split_name == "test":
+        limit = cfg.test_limit
+        if limit is not None and limit > len(labels):
+            raise DataError(f"data.test_limit = {limit}: only {len(labels)} test images here")
+        return {"test": balanced_indices(labels, limit, num_classes, "data.test_limit")}
+    val = held_out_indices(labels, cfg.val_limit, num_classes, "data.val_limit")
+    rest = np.setdiff1d(np.arange(len(labels)), val)  # sorted, original order
+    limit = cfg.train_limit
+    if limit is not None and limit > len(rest):
+        held = f" after the {len(val)} validation images" if len(val) else ""
+        raise DataError(f"data.train_limit = {limit}: only {len(rest)} train images here{held}")
+    train = rest[balanced_indices(labels[rest], limit, num_classes, "data.train_limit")]
+    return {"train": train, "val": val}
 
 
 def _download(cfg: DataConfig, archive: Archive, root: Path, holds: str) -> None:
@@ -244,19 +269,24 @@ def _read_cifar(cfg: DataConfig, spec: DatasetSpec, layout: CifarLayout) -> Raw:
     classes = read_class_names(folder / meta["filename"], meta["key"], spec.num_classes)
     splits: dict[str, Split] = {}
     read: dict[str, dict[str, str]] = {}
-    for split_name in ("train", "test"):
-        names = layout.files(split_name == "train")
+    for official in ("train", "test"):
+        names = layout.files(official == "train")
         images, labels = read_batches(folder, names, layout.label_key, spec.num_classes)
-        idx = _kept(cfg, split_name, labels, spec.num_classes)
-        splits[split_name] = Split(np.ascontiguousarray(images[idx]), labels[idx])
-        read[split_name] = {f: sha256_file(folder / f) for f in names + [meta["filename"]]}
+        shas = {f: sha256_file(folder / f) for f in names + [meta["filename"]]}
+        for split_name, idx in _kept(cfg, official, labels, spec.num_classes).items():
+            splits[split_name] = Split(np.ascontiguousarray(images[idx]), labels[idx])
+            read[split_name] = shas
     return Raw(folder, classes, splits, read)
 
 
 # --- Tiny-ImageNet: the tiny-imagenet-200 folder of the official zip (no per-file MD5s)
 
 #: the manifest's name for the combined SHA-256 of a split's images (``tif.combined_sha256``)
-TINY_IMAGENET_IMAGES = {"train": "train/*/images/*.JPEG", "test": "val/images/*.JPEG"}
+TINY_IMAGENET_IMAGES = {
+    "train": "train/*/images/*.JPEG",
+    "val": "train/*/images/*.JPEG",  # held out of the official training split
+    "test": "val/images/*.JPEG",
+}
 
 
 def _tiny_imagenet_folder(cfg: DataConfig) -> Path:
@@ -308,13 +338,14 @@ def _read_tiny_imagenet(cfg: DataConfig, spec: DatasetSpec) -> Raw:
     texts = {"train": [tif.WNIDS, tif.WORDS], "test": [tif.WNIDS, tif.WORDS, tif.VAL_ANNOTATIONS]}
     splits: dict[str, Split] = {}
     read: dict[str, dict[str, str]] = {}
-    for split_name, listing in listings.items():
-        idx = _kept(cfg, split_name, listing.labels, spec.num_classes)
-        paths = [listing.paths[i] for i in idx]
-        images, shas = tif.read_images(folder, paths, spec.image_size)
-        splits[split_name] = Split(images, listing.labels[idx])
-        read[split_name] = {f: sha256_file(folder / f) for f in texts[split_name]}
-        read[split_name][TINY_IMAGENET_IMAGES[split_name]] = tif.combined_sha256(paths, shas)
+    for official, listing in listings.items():
+        text_shas = {f: sha256_file(folder / f) for f in texts[official]}
+        for split_name, idx in _kept(cfg, official, listing.labels, spec.num_classes).items():
+            paths = [listing.paths[i] for i in idx]
+            images, shas = tif.read_images(folder, paths, spec.image_size)
+            splits[split_name] = Split(images, listing.labels[idx])
+            read[split_name] = dict(text_shas)
+            read[split_name][TINY_IMAGENET_IMAGES[split_name]] = tif.combined_sha256(paths, shas)
     return Raw(folder, classes, splits, read)
 
 
@@ -327,9 +358,10 @@ READERS: dict[str, Callable[[DataConfig, DatasetSpec], Raw]] = {
 
 
 def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Write ``train.npz`` and ``test.npz`` into ``out_dir``; return the manifest (unwritten).
+    """Write ``train.npz``, ``val.npz`` (held out of the training split: ``data.val_limit``
+    images, none without it) and ``test.npz`` into ``out_dir``; return the manifest (unwritten).
 
-    Both splits are read and checked before either file is written.
+    Every split is read and checked before any file is written.
     """
     out_dir = Path(out_dir)
     spec = dataset(cfg.dataset)
@@ -354,13 +386,25 @@ def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
     for split_name, split in raw.splits.items():
         path = out_dir / f"{split_name}.npz"
         save_split(path, split)
-        limit = cfg.train_limit if split_name == "train" else cfg.test_limit
         manifest["splits"][split_name] = {
             "file": path.name,
             "count": len(split),
             "per_class": np.bincount(split.labels, minlength=spec.num_classes).tolist(),
-            "indices": "all" if limit is None else "first per class, original order",
+            "indices": _indices_note(cfg, split_name),
             "sha256": sha256_file(path),
             "read": raw.read[split_name],
         }
     return manifest
+
+
+def _indices_note(cfg: DataConfig, split_name: str) -> str:
+    """How a split's images were chosen from the official split (for the manifest)."""
+    if split_name == "val":
+        if cfg.val_limit is None:
+            return "none"
+        return "last per class of the training split, original order, never trained on"
+    limit = cfg.test_limit if split_name == "test" else cfg.train_limit
+    held = " after the validation images" if split_name == "train" and cfg.val_limit else ""
+    if not held:
+        return "all" if limit is None else "first per class, original order"
+    return f"{'all' if limit is None else 'first per class'}{held}, original order"

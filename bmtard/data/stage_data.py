@@ -11,11 +11,13 @@ from bmtard.data.splits import Split, load_manifest, load_split
 
 @dataclass(frozen=True)
 class StageData:
-    """The train and test splits (from the download stage) and the manifest that describes them."""
+    """The train and test splits (from the download stage), the validation split where it was
+    asked for, and the manifest that describes them."""
 
     train: Split
     test: Split
     manifest: dict[str, Any]
+    val: Split | None = None  # held out of the training split (data.val_limit)
 
     @property
     def num_classes(self) -> int:
@@ -33,13 +35,17 @@ class StageData:
         return self.manifest.get("splits", {})
 
     @classmethod
-    def load(cls, data_dir: str | Path) -> StageData:
-        """Read ``data_dir``'s manifest and both splits, each checked against its SHA-256."""
+    def load(cls, data_dir: str | Path, *, val: bool = False) -> StageData:
+        """Read ``data_dir``'s manifest and the train and test splits, each checked against its
+        SHA-256; with ``val``, the validation split too (None where the manifest has none: data
+        prepared before it, or without ``data.val_limit``)."""
         data_dir = Path(data_dir)
         manifest = load_manifest(data_dir)
         splits = manifest["splits"]
+        held = splits.get("val", {})
         return cls(
             load_split(data_dir / "train.npz", splits["train"]["sha256"]),
             load_split(data_dir / "test.npz", splits["test"]["sha256"]),
             manifest,
+            load_split(data_dir / "val.npz", held["sha256"]) if val and held.get("count") else None,
         )

@@ -1,10 +1,17 @@
 """Experiment grids: the values to vary over one ``params.yaml``, one experiment per combination.
 
-A grid is a mapping of dotted keys to lists of values, e.g. (``presets/grid.yaml``)::
+A grid is a mapping of dotted keys to lists of values, e.g.::
 
     grid:
       distill.method: [sat, rslad, bmtard]
       run.seed: [0, 1]
+
+or a list of such mappings, whose experiments are taken together (for combinations that are not
+a product, as in ``presets/grid.yaml``: IGDM on the methods it composes with only)::
+
+    grid:
+      - {distill.method: [sat, rslad], run.seed: [0]}
+      - {distill.method: [bmtard, adaad], distill.igdm.alpha: [0.0, 1.0], run.seed: [0, 1]}
 
 Only what the student's stages read may vary (``distill.*``, ``evaluate.*``, ``run.seed``): the
 data and the teachers are shared by every experiment and computed once. Each combination is an
@@ -56,9 +63,25 @@ def _part(key: str, value: Any, full: bool) -> str:
 
 
 def expand(grid: Any) -> list[Experiment]:
-    """Every combination of ``grid`` (dotted key -> non-empty list of scalars), in order."""
+    """Every combination of ``grid`` (dotted key -> non-empty list of scalars), in order; for a
+    list of such mappings, the combinations of each, in order (every name once)."""
+    if isinstance(grid, list) and grid:
+        out: list[Experiment] = []
+        for part in grid:
+            for exp in _expand_one(part):
+                if any(e.name == exp.name for e in out):
+                    raise ParamsError(f"grid: experiment {exp.name!r} is listed twice")
+                out.append(exp)
+        return out
+    return _expand_one(grid)
+
+
+def _expand_one(grid: Any) -> list[Experiment]:
     if not isinstance(grid, dict) or not grid:
-        raise ParamsError(f"grid = {grid!r}: expected a mapping of keys to lists of values")
+        raise ParamsError(
+            f"grid = {grid!r}: expected a mapping of keys to lists of values, or a list of such "
+            "mappings"
+        )
     keys = [_check_key(k) for k in grid]
     for key in keys:
         values = grid[key]
@@ -121,12 +144,16 @@ def methods(raw: dict[str, Any], experiments: list[Experiment]) -> list[str]:
     return seen
 
 
-def dvc_command(grid: dict[str, list[Any]]) -> str:
-    """The ``dvc exp run --queue`` command that queues the same combinations."""
+def dvc_command(grid: dict[str, list[Any]] | list[dict[str, list[Any]]]) -> str:
+    """The ``dvc exp run --queue`` command (one line per mapping of a list) that queues the same
+    combinations."""
     expand(grid)  # validates
 
     def text(v: Any) -> str:
         return str(v).lower() if isinstance(v, bool) else str(v)
 
-    sets = " ".join(f"-S '{k}={','.join(map(text, v))}'" for k, v in grid.items())
-    return f"dvc exp run --queue {sets}"
+    def command(part: dict[str, list[Any]]) -> str:
+        sets = " ".join(f"-S '{k}={','.join(map(text, v))}'" for k, v in part.items())
+        return f"dvc exp run --queue {sets}"
+
+    return "\n".join(command(p) for p in (grid if isinstance(grid, list) else [grid]))

@@ -8,6 +8,7 @@ clean teacher is matched on clean images (nat), the robust teacher on adversaria
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -15,18 +16,23 @@ from bmtard.attacks.pgd import pgd_ce
 from bmtard.config.params import TrainAttackConfig
 from bmtard.core import distributed
 from bmtard.methods.balance import Balance, MTARDWeights
+from bmtard.methods.hooks import Hooks
 from bmtard.methods.losses import kl_to_teacher, neg_entropy, teacher_probs
 from bmtard.runtime.execution import Execution, logits32
 
 
 @dataclass
-class BMTARD:
+class BMTARD(Hooks):
     """One B-MTARD step per batch, with no host-device synchronisation.
 
     The student crafts x_adv by PGD-CE on itself (eval mode); then, in train mode, it is matched to
     the robust teacher on x_adv and to the clean teacher on x. The teachers are frozen, in eval
     mode, and tempered by tau_adv / tau_nat; the student is never tempered. The balance state
     stays on the device (``bmtard.methods.balance``); the logs are detached 0-dim tensors.
+
+    ``batch_loss`` is ``craft`` (the attack), the student's ``FORWARDS`` in order (train mode),
+    then ``loss_from`` their logits (which updates the balance): the split that IGDM
+    (``bmtard.methods.igdm``) reuses.
     """
 
     teacher_adv: nn.Module
@@ -37,17 +43,36 @@ class BMTARD:
     execution: Execution = field(default_factory=Execution)
     kl_scale: float = 1.0  # the factor on both KL terms (x 10 on CIFAR-100 in the ECCV code)
 
-    def batch_loss(
-        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        a, b, ex = self.attack, self.balance, self.execution
+    #: the student's train-mode forwards of the loss, in order: "adv" on x_adv, then "nat" on x
+    FORWARDS: ClassVar[tuple[str, ...]] = ("adv", "nat")
+
+    def craft(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """The attack (student in eval mode): {'x': x laid out, 'y', 'x_adv'}."""
+        ex = self.execution
         x = ex.layout(x)
         model.eval()  # BN uses running statistics while crafting
         with ex.autocast():
-            x_adv = pgd_ce(model, x, y, **a.pgd_args())
-            model.train()
-            z_sa = logits32(model(x_adv))
-            z_sn = logits32(model(x))
+            x_adv = pgd_ce(model, x, y, **self.attack.pgd_args())
+        return {"x": x, "y": y, "x_adv": x_adv}
+
+    def batch_loss(
+        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        batch = self.craft(model, x, y)
+        model.train()
+        with self.execution.autocast():
+            z_sa = logits32(model(batch["x_adv"]))
+            z_sn = logits32(model(batch["x"]))
+        return self.loss_from(batch, {"adv": z_sa, "nat": z_sn}, rate_factor)
+
+    def loss_from(
+        self, batch: dict[str, Tensor], logits: dict[str, Tensor], rate_factor: float = 1.0
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss from the student's fp32 logits {'adv', 'nat'} on the crafted batch; updates
+        the balance (temperatures for the next batch, weights for this one)."""
+        b, ex = self.balance, self.execution
+        x, y, x_adv = batch["x"], batch["y"], batch["x_adv"]
+        z_sa, z_sn = logits["adv"], logits["nat"]
         p_ta = teacher_probs(ex.teacher_logits(self.teacher_adv, x_adv), b.tau_adv)
         p_tn = teacher_probs(ex.teacher_logits(self.teacher_nat, x), b.tau_nat)
         loss_adv = self.kl_scale * kl_to_teacher(z_sa, p_ta, self.kl_reduction)

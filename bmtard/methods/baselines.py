@@ -10,6 +10,7 @@ Selected by ``distill.method`` (``bmtard.training.distill.BUILDERS``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,9 @@ class ARD(Stateless):
     alpha * T^2 * KL(softmax(teacher(x)/T) || softmax(student(x_adv)/T)) with ``nn.KLDivLoss()``'s
     mean over B x C, + (1 - alpha) * CE(student(x), y). The teacher sees the clean x. The clean
     forward runs even when alpha = 1 (it updates BatchNorm's statistics, as the official code's).
+
+    ``batch_loss`` is ``craft`` (the attack), the student's ``FORWARDS`` in order (train mode),
+    then ``loss_from`` their logits: the split that IGDM (``bmtard.methods.igdm``) reuses.
     """
 
     teacher: nn.Module
@@ -44,16 +48,34 @@ class ARD(Stateless):
     alpha: float = 1.0
     execution: Execution = field(default_factory=Execution)
 
-    def batch_loss(
-        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        a, ex, t = self.attack, self.execution, self.temperature
+    #: the student's train-mode forwards of the loss, in order: "adv" on x_adv, then "nat" on x
+    FORWARDS: ClassVar[tuple[str, ...]] = ("adv", "nat")
+
+    def craft(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """The attack (student in train mode): {'x': x laid out, 'y', 'x_adv'}."""
+        ex = self.execution
         x = ex.layout(x)
         model.train()
         with ex.autocast():
-            x_adv = pgd_ce(model, x, y, **a.pgd_args())
-            z_adv = logits32(model(x_adv))
-            z_nat = logits32(model(x))
+            x_adv = pgd_ce(model, x, y, **self.attack.pgd_args())
+        return {"x": x, "y": y, "x_adv": x_adv}
+
+    def batch_loss(
+        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        batch = self.craft(model, x, y)
+        model.train()
+        with self.execution.autocast():
+            z_adv = logits32(model(batch["x_adv"]))
+            z_nat = logits32(model(batch["x"]))
+        return self.loss_from(batch, {"adv": z_adv, "nat": z_nat}, rate_factor)
+
+    def loss_from(
+        self, batch: dict[str, Tensor], logits: dict[str, Tensor], rate_factor: float = 1.0
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss from the student's fp32 logits {'adv', 'nat'} on the crafted batch."""
+        ex, t = self.execution, self.temperature
+        x, y, z_adv, z_nat = batch["x"], batch["y"], logits["adv"], logits["nat"]
         z_t = ex.teacher_logits(self.teacher, x)
         # nn.KLDivLoss()'s mean over B x C, written out (torch's 'mean' is deprecated)
         kl = F.kl_div(F.log_softmax(z_adv / t, dim=1), F.softmax(z_t / t, dim=1), reduction="none")
@@ -72,6 +94,9 @@ class RSLAD(Stateless):
     0.001-Gaussian start. Loss: adv_weight * KL(T(x) || S(x_adv)) + nat_weight * KL(T(x) || S(x))
     with the official KL helper (``bmtard.methods.losses.kl_to_teacher``). The two weights are
     separate numbers because 1 - 5/6 is not 1/6 in floating point.
+
+    ``batch_loss`` is ``craft`` (the attack), the student's ``FORWARDS`` in order (train mode),
+    then ``loss_from`` their logits: the split that IGDM (``bmtard.methods.igdm``) reuses.
     """
 
     teacher: nn.Module
@@ -82,10 +107,13 @@ class RSLAD(Stateless):
     execution: Execution = field(default_factory=Execution)
     kl_scale: float = 1.0  # the factor on both KL terms (x 10 on CIFAR-100 in RSLAD's code)
 
-    def batch_loss(
-        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        a, ex = self.attack, self.execution
+    #: the student's train-mode forwards of the loss, in order: "adv" on x_adv, then "nat" on x
+    FORWARDS: ClassVar[tuple[str, ...]] = ("adv", "nat")
+
+    def craft(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """The attack (student in eval mode): {'x': x laid out, 'y', 'x_adv', 'p_t': the
+        teacher's probabilities on x (B, K), which the loss reuses}."""
+        ex = self.execution
         x = ex.layout(x)
         p_t = F.softmax(ex.teacher_logits(self.teacher, x), dim=1)
 
@@ -94,10 +122,24 @@ class RSLAD(Stateless):
 
         model.eval()
         with ex.autocast():
-            x_adv = pgd(model, x, kl_sum, **a.pgd_args())
-            model.train()
-            z_adv = logits32(model(x_adv))
-            z_nat = logits32(model(x))
+            x_adv = pgd(model, x, kl_sum, **self.attack.pgd_args())
+        return {"x": x, "y": y, "x_adv": x_adv, "p_t": p_t}
+
+    def batch_loss(
+        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        batch = self.craft(model, x, y)
+        model.train()
+        with self.execution.autocast():
+            z_adv = logits32(model(batch["x_adv"]))
+            z_nat = logits32(model(batch["x"]))
+        return self.loss_from(batch, {"adv": z_adv, "nat": z_nat}, rate_factor)
+
+    def loss_from(
+        self, batch: dict[str, Tensor], logits: dict[str, Tensor], rate_factor: float = 1.0
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss from the student's fp32 logits {'adv', 'nat'} on the crafted batch."""
+        p_t, z_adv, z_nat = batch["p_t"], logits["adv"], logits["nat"]
         loss_adv = self.kl_scale * kl_to_teacher(z_adv, p_t, self.kl_reduction)
         loss_nat = self.kl_scale * kl_to_teacher(z_nat, p_t, self.kl_reduction)
         loss = self.adv_weight * loss_adv + self.nat_weight * loss_nat

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from bmtard.methods.hooks import Hooks
 
-class Stateless:
+
+class Stateless(Hooks):
     """A method with no state across batches: nothing to log, save or restore."""
 
     def status(self) -> dict[str, float]:

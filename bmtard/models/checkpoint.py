@@ -80,20 +80,36 @@ def save_model(
     spec: ModelSpec,
     state: dict[str, torch.Tensor],
     record: TrainingRecord,
+    networks: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> None:
-    """Save weights ``state`` with their spec and record, atomically. The same inputs give the
-    same bytes: the record goes through JSON first, because pickle writes a back-reference
-    where one object appears twice, so equal records built from different objects (a fresh
-    run's, a resumed run's) would otherwise differ byte for byte."""
+    """Save weights ``state`` with their spec and record, atomically; ``networks``: the state_dicts
+    of the networks the training method trained besides the model (a fine-tuned teacher, a peer),
+    by name, kept beside it (``saved_networks``). The same inputs give the same bytes: the record
+    goes through JSON first, because pickle writes a back-reference where one object appears
+    twice, so equal records built from different objects (a fresh run's, a resumed run's) would
+    otherwise differ byte for byte."""
     payload = {
         "format": FORMAT,
         "arch": spec.arch,
         "width": float(spec.width),
         "num_classes": int(spec.num_classes),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in state.items()},
+        "state_dict": _plain(state),
         "record": json.loads(json.dumps(dataclasses.asdict(record))),
     }
+    if networks:
+        payload["networks"] = {name: _plain(net) for name, net in networks.items()}
     write_atomic(path, lambda tmp: save_torch(payload, tmp))
+
+
+def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def saved_networks(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+    """The state_dicts a model file of ours keeps beside its model, by name ({} if none)."""
+    payload = read_checkpoint(path)
+    networks = payload.get("networks", {}) if isinstance(payload, dict) else {}
+    return dict(networks)
 
 
 def save_no_model(path: str | Path, reason: str) -> None:

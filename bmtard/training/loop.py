@@ -28,7 +28,8 @@ from tqdm import tqdm
 from bmtard.config.params import OptimConfig
 from bmtard.core import distributed, faults
 from bmtard.core.errors import Interrupted, TrainingError
-from bmtard.training.schedule import decay_factor
+from bmtard.methods.decays import decay_factor
+from bmtard.training.schedule import lr_factor
 from bmtard.training.state import Progress
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,13 @@ class Method(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    # the hooks (bmtard.methods.hooks.Hooks has them as no-ops)
+    def start_epoch(self, epoch: int) -> None: ...
+
+    def after_step(self) -> None: ...
+
+    def end_epoch(self, epoch: int) -> None: ...
 
 
 class EpochBatches(Protocol):
@@ -155,11 +163,12 @@ def fit(
 ) -> None:
     """Train ``parts.model`` from ``start`` (default: the beginning) to ``cfg.epochs``.
 
-    Each epoch: lr = cfg.lr * decay_factor(epoch); one ``method.batch_loss`` + SGD step per
-    batch; then the epoch's metrics (batch-size-weighted means of the method's logs, the
-    method's status, the lr, and whatever ``monitor(epoch)`` returns) go to ``on_epoch``.
-    ``stop`` is truthy once a stop was requested. ``section`` names the parameter section in
-    messages (e.g. ``distill``).
+    Each epoch: lr = cfg.lr * lr_factor(epoch) (``cfg.schedule``); ``method.start_epoch``; one
+    ``method.batch_loss`` + SGD step + ``method.after_step`` per batch, the balance rates decayed at
+    the milestones (``rate_factor``); ``method.end_epoch``; then the epoch's metrics
+    (batch-size-weighted means of the method's logs, the method's status, the lr, and whatever
+    ``monitor(epoch)`` returns) go to ``on_epoch``. ``stop`` is truthy once a stop was requested.
+    ``section`` names the parameter section in messages (e.g. ``distill``).
 
     With several processes (``bmtard.core.distributed``) each rank trains on its share of every
     batch through the DDP-wrapped model, every rank stops at the batch where any one was asked
@@ -183,13 +192,14 @@ def fit(
         desc=section, unit="epoch", initial=progress.epoch, total=cfg.epochs, disable=quiet,
     )  # fmt: skip
     for epoch in epochs:
-        factor = decay_factor(epoch, cfg.milestones, cfg.gamma)
-        lr = cfg.lr * factor
+        factor = decay_factor(epoch, cfg.milestones, cfg.gamma)  # the balance rates' decay
+        lr = cfg.lr * lr_factor(epoch, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
         if progress.batch == 0:  # a fresh epoch (else the loader was restored mid-epoch)
             batches.set_epoch(epoch)
             progress = Progress(epoch - 1)
+        method.start_epoch(epoch)
         bar = tqdm(
             batches, desc=f"epoch {epoch}", initial=progress.batch, total=len(batches),
             leave=False, unit="batch", disable=quiet,
@@ -209,6 +219,7 @@ def fit(
                 else:
                     (loss * distributed.loss_scale(len(y), total)).backward()
                 opt.step()
+                method.after_step()
             n = len(y)
             progress.batch += 1
             progress.count += n
@@ -222,6 +233,7 @@ def fit(
                 guard.check(saved)
             if stopping:
                 raise _interrupted(stop, where, saved)
+        method.end_epoch(epoch)
         guard.check(saved)  # before the monitor judges this epoch's model
         whole = _global(progress)
         metrics = {k: float(v) / whole.count for k, v in whole.sums.items()}

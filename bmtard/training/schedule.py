@@ -1,19 +1,18 @@
-"""The step schedule shared by the lr and B-MTARD's balance rates, and when to monitor."""
+"""The learning-rate schedule of a training stage, and when to monitor (the decays themselves:
+``bmtard.methods.decays``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bmtard.config.params import MonitorConfig, OptimConfig
+from bmtard.methods.decays import cosine_exp, decay_factor
 
-from bmtard.config.params import MonitorConfig
 
-
-def decay_factor(epoch: int, milestones: Sequence[int], gamma: float) -> float:
-    """Multiplier in force during ``epoch`` (1-based): gamma per milestone already finished.
-
-    Milestones [215, 260, 285] with gamma 0.1: epochs 1-215 -> 1, 216-260 -> 0.1, 261-285 -> 0.01,
-    286- -> 0.001 (the official code decays "at the end of" epochs 215, 260 and 285).
-    """
-    return gamma ** sum(epoch > m for m in milestones)
+def lr_factor(epoch: int, cfg: OptimConfig) -> float:
+    """The lr multiplier in force during ``epoch`` (1-based): the step decay at the milestones,
+    or CIARD's ``cosine_exp`` from the middle of the run (epoch 150 of 300) to its end."""
+    if cfg.schedule == "cosine_exp":
+        return cosine_exp(epoch, cfg.epochs // 2, cfg.epochs)
+    return decay_factor(epoch, cfg.milestones, cfg.gamma)
 
 
 def should_monitor(epoch: int, epochs: int, cfg: MonitorConfig) -> bool:

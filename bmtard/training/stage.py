@@ -28,6 +28,7 @@ from bmtard.core.outputs import check_free_space, keep_last_good, last_good_copy
 from bmtard.core.provenance import loaded_code_sha256
 from bmtard.core.stop import StopRequest
 from bmtard.data.loader import Batches
+from bmtard.data.splits import Split
 from bmtard.data.stage_data import StageData
 from bmtard.evaluation.accuracy import monitor as run_monitor
 from bmtard.models.checkpoint import ModelSpec, TrainingRecord, save_model, saved_record
@@ -122,6 +123,7 @@ def train_and_save(
     )
     parts = Parts(model, method, batches, make_optimizer(model, optim))
     sel = Selection(selection)
+    judged = _monitored_split(section, selection, data)
     history: list[dict[str, float]] = []
     start = _resume(store, parts, sel, history)
     with Tracker(outputs.live, outputs.tb) if main else contextlib.nullcontext() as tracker:
@@ -131,19 +133,20 @@ def train_and_save(
         def check(epoch: int) -> dict[str, float] | None:
             if not main or not should_monitor(epoch, optim.epochs, monitor):
                 return None
-            return run_monitor(model, data.test, monitor, device, run.seed, on_batch=_stopper(stop))
+            return run_monitor(model, judged, monitor, device, run.seed, on_batch=_stopper(stop))
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             if not main:
                 return
             history.append({"step": epoch, **metrics})
             tracker.log(epoch, metrics)
-            sel.consider(epoch, optim.epochs, metrics, model)
+            sel.consider(epoch, optim.epochs, metrics, model, method.networks())
 
         saver = _Saver(store, parts, sel, history, run.save_every_minutes) if main else NoSaver()
         log.info(
-            "%s: %d train images, %d monitor images, epochs %d-%d of %d on %s",
-            section, batches.num_images, data.test.n_first(monitor.n_images),
+            "%s: %d train images, %d monitor images (%s split), epochs %d-%d of %d on %s",
+            section, batches.num_images, judged.n_first(monitor.n_images),
+            "validation" if judged is data.val else "test",
             start.epoch + 1, optim.epochs, optim.epochs, device,
         )  # fmt: skip
         fit(
@@ -172,9 +175,23 @@ def train_and_save(
         )
         if sel.weights is None:  # the last epoch is always monitored; NaN scores select none
             raise BmtardError(f"{section}: no epoch was selected (the monitor measured nothing)")
-        write_model(section, outputs.model, spec, sel.weights, final, store)
+        weights = method.output() or sel.weights  # PeerAiD's weight average, where asked for
+        write_model(section, outputs.model, spec, weights, final, store, sel.networks)
     finish(outputs, run, store)
     return sel
+
+
+def _monitored_split(section: str, selection: str, data: StageData) -> Split:
+    """The split the monitor measures: the validation split for ``best_val`` (the test split is
+    then never used to choose the model), else the test split."""
+    if selection != "best_val":
+        return data.test
+    if data.val is None or not len(data.val):
+        raise BmtardError(
+            f"{section}: checkpoint best_val selects on the validation split, and the data has "
+            "none: set data.val_limit and run the download stage again"
+        )
+    return data.val
 
 
 def finished_before(section: str, outputs: Outputs, record: TrainingRecord, run: RunConfig) -> bool:
@@ -214,11 +231,13 @@ def write_model(
     weights: dict[str, torch.Tensor],
     record: TrainingRecord,
     store: StateStore | None = None,
+    networks: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> None:
-    """Save the stage's model; a failed write (e.g. a full disk) is one line that says the
-    trained state is kept and a rerun writes the outputs without training again."""
+    """Save the stage's model (with its method's other ``networks``, by name); a failed write
+    (e.g. a full disk) is one line that says the trained state is kept and a rerun writes the
+    outputs without training again."""
     try:
-        save_model(path, spec, weights, record)
+        save_model(path, spec, weights, record, networks)
     except (OSError, RuntimeError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         kept = (

@@ -1,0 +1,103 @@
+"""The trade-off picture: clean against AutoAttack accuracy (%) on one dataset, every run as a
+small dot, each setting's mean over its seeds with its standard deviation as error bars, and the
+published points as hollow reference markers (``bmtard.experiments.reported``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bmtard.core.io import write_atomic
+from bmtard.experiments.reported import MISSING, Reported, reported
+from bmtard.experiments.runs import W_ROBUST_OF, Run
+from bmtard.experiments.seeds import Group
+
+#: marker shapes of the published points, one per point (runs are filled circles)
+REPORTED_MARKERS = ("D", "s", "^", "v", "P", "X", "*", "h", "p", "<", ">", "d")
+
+
+def points(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """The picture's points: each run with an AutoAttack accuracy, then the published points
+    on the runs' datasets (source 'reported: ...'); a DVC plot (``comparison/tradeoff.csv``)."""
+    out = [
+        {
+            "name": r.name,
+            "method": r.label,
+            "dataset": r.dataset,
+            "student": r.student,
+            "clean": r.accuracy["clean"],
+            "autoattack": r.accuracy[W_ROBUST_OF],
+            "source": "run",
+        }
+        for r in runs
+        if "clean" in r.accuracy and W_ROBUST_OF in r.accuracy
+    ]
+    for dataset in sorted({r.dataset for r in runs}):
+        out += [_reported_point(p) for p in reported(dataset)]
+    return out
+
+
+def _reported_point(p: Reported) -> dict[str, Any]:
+    return {
+        "name": f"{p.method} (reported)",
+        "method": p.method,
+        "dataset": p.dataset,
+        "student": p.student,
+        "clean": p.clean,
+        "autoattack": p.autoattack,
+        "source": f"reported: {p.source} [{p.certainty}]",
+    }
+
+
+def plot(pts: list[dict[str, Any]], found: Sequence[Group], dataset: str, path: Path) -> None:
+    """Clean (x) against AutoAttack (y) on ``dataset``: each group's runs as small dots and its
+    mean as a large one with error bars of one standard deviation (several seeds), one colour
+    per group; published points as hollow black markers, one shape each. The legend names them
+    (text labels beside the points would overlap where runs cluster)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=120)
+    mine = [g for g in found if g.dataset == dataset]
+    for i, g in enumerate(mine):
+        color = plt.get_cmap("tab10" if len(mine) <= 10 else "tab20")(i % 20)
+        runs = [r for r in g.runs if "clean" in r.accuracy and W_ROBUST_OF in r.accuracy]
+        if not runs:
+            continue
+        ax.scatter(
+            [r.accuracy["clean"] for r in runs],
+            [r.accuracy[W_ROBUST_OF] for r in runs],
+            s=14, color=color, alpha=0.45, zorder=3,
+        )  # fmt: skip
+        clean, robust = g.stat("clean"), g.stat(W_ROBUST_OF)
+        seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
+        ax.errorbar(
+            [clean.mean], [robust.mean], xerr=[clean.std or 0], yerr=[robust.std or 0],
+            fmt="o", ms=7, color=color, capsize=3, zorder=4, label=f"{g.label} ({seeds})",
+        )  # fmt: skip
+    ref = [p for p in pts if p["dataset"] == dataset and p["source"] != "run"]
+    for i, p in enumerate(ref):
+        ax.scatter(
+            [p["clean"]], [p["autoattack"]], s=60, facecolors="none", edgecolors="black",
+            marker=REPORTED_MARKERS[i % len(REPORTED_MARKERS)], label=p["name"], zorder=2,
+        )  # fmt: skip
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel("AutoAttack accuracy (%), eps 8/255")
+    ax.set_title(f"{dataset}: clean vs robust accuracy; mean ± std over seeds, dots: runs")
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.08, y=0.08)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.text(
+        0.01,
+        0.01,
+        "reported: published numbers (bmtard/experiments/reported.py), with other teachers and "
+        f"protocols; not in it: {', '.join(MISSING)}",
+        fontsize=6,
+        color="gray",
+    )
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)

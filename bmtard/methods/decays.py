@@ -1,0 +1,28 @@
+"""The decay shapes shared by the learning rates (``bmtard.training.schedule``) and the methods'
+own rates: the step decay at milestones (the lr, and B-MTARD's balance rates with it) and CIARD's
+cosine x exp (its student's lr from mid-run, its robust teacher's lr)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def decay_factor(epoch: int, milestones: Sequence[int], gamma: float) -> float:
+    """Multiplier in force during ``epoch`` (1-based): gamma per milestone already finished.
+
+    Milestones [215, 260, 285] with gamma 0.1: epochs 1-215 -> 1, 216-260 -> 0.1, 261-285 -> 0.01,
+    286- -> 0.001 (the official code decays "at the end of" epochs 215, 260 and 285).
+    """
+    return gamma ** sum(epoch > m for m in milestones)
+
+
+def cosine_exp(epoch: int, start: int, end: int) -> float:
+    """CIARD's smooth decay (its ``CIARD.py``), the one definition that the student's lr
+    schedule (``bmtard.training.schedule``) and the robust teacher's share: 1 before ``start``,
+    then (0.5 + 0.5 cos(pi t)) exp(-0.01 t^2) with t = (epoch - start) / (end - start), so 1 at
+    ``start`` and about 0 at ``end`` (the student: 150 to 300; the teacher: 50 to 300)."""
+    if epoch < start:
+        return 1.0
+    t = (epoch - start) / (end - start)
+    return (0.5 + 0.5 * math.cos(math.pi * t)) * math.exp(-0.01 * t * t)
