@@ -315,6 +315,9 @@ class DGADConfig:
     # the official MobileNetV2 branch's bracket bug (a product of the two KL terms); null = on
     # for a mobilenet_v2 student, off for the others
     bracket_bug: bool | None = None
+    # a batch the teacher gets all wrong has no AT term (the code stops there with a division
+    # by zero); false: divide by zero, the NaN stops the run
+    guard_all_st: bool = True
 
 
 @dataclass(frozen=True)
@@ -328,6 +331,7 @@ class CIARDConfig:
     push_temperature: float = _spec(5.0, gt=0, le=MAX_TAU)  # on the student's side of the push
     weighted: bool = False  # w_adv L1 + w_nat L2 (March 2025); false: L1 + L2 (the code's HEAD)
     per_step_decay: bool = True  # the code's decay of the balance rates on every milestone batch
+    teacher_clean_pass: bool = True  # the robust teacher's unused forward on x (moves its BN)
 
 
 @dataclass(frozen=True)
@@ -347,6 +351,9 @@ class PeerAiDConfig:
     swa_from: int = _spec(215, ge=1, le=MAX_EPOCHS)
     # the weights written as the student: its own, or the weight average (needs checkpoint last)
     output: str = _spec("student", choices=("student", "swa"))
+    peer_kl_trains_student: bool = True  # the peer's KL target S(x') is not detached (the code)
+    second_student_forward: bool = True  # the student runs twice on x' (the code; BN moves twice)
+    live_clean_target: bool = True  # S(x) in the student's third KL is not detached (the code)
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,8 @@ def _dgad(b: Build) -> Method:
         # its sums are divided by the batch size: each process divides by its share of it
         b.teachers[ROBUST], c.attack, batch_size=c.optim.batch_size // distributed.world(),
         beta=d.beta,
-        fixed_divisor=d.fixed_divisor, bracket_bug=bool(d.bracket_bug), execution=b.execution,
+        fixed_divisor=d.fixed_divisor, bracket_bug=bool(d.bracket_bug),
+        guard_all_st=d.guard_all_st, execution=b.execution,
     )  # fmt: skip
 
 
@@ -116,7 +117,8 @@ def _ciard(b: Build) -> Method:
         teacher_weight_decay=k.teacher_weight_decay, teacher_from=k.teacher_from,
         teacher_until=c.optim.epochs, push_temperature=k.push_temperature,
         milestones=tuple(c.optim.milestones), rate_decay=c.optim.gamma, weighted=k.weighted,
-        per_step_decay=k.per_step_decay, kl_reduction=c.kl_reduction, kl_scale=c.kl_scale,
+        per_step_decay=k.per_step_decay, teacher_clean_pass=k.teacher_clean_pass,
+        kl_reduction=c.kl_reduction, kl_scale=c.kl_scale,
         execution=b.execution,
     )  # fmt: skip
 
@@ -143,8 +145,10 @@ def _peeraid(b: Build) -> Method:
         bn_batches=bn_batches, temperature=p.temperature, peer_temperature=p.peer_temperature,
         gamma1=p.gamma1, gamma2=p.gamma2, lambda1=p.lambda1, lambda2=p.lambda2,
         lambda3=p.lambda3, swa_from=p.swa_from, momentum=c.optim.momentum,
-        weight_decay=c.optim.weight_decay, kl_reduction=c.kl_reduction, swa=swa,
-        execution=b.execution, output_choice=p.output,
+        weight_decay=c.optim.weight_decay, kl_reduction=c.kl_reduction,
+        peer_kl_trains_student=p.peer_kl_trains_student,
+        second_student_forward=p.second_student_forward, live_clean_target=p.live_clean_target,
+        swa=swa, execution=b.execution, output_choice=p.output,
     )  # fmt: skip
 
 
