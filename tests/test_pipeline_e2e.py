@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import sys
 
 import pytest
@@ -272,3 +273,8 @@ def test_snakemake_method_switch_trains_no_teacher_again(snake_repo):
 
     out = _method_switch(snake_repo, engine)
     assert out.count("is this run's finished result: put back") == 2
+
+
+def test_readme_gives_the_readable_view_of_the_experiments():
+    text = (ROOT / "README.md").read_text()
+    assert "dvc exp show " + " ".join(shlex.quote(a) for a in EXP_SHOW_ARGS) in text
