@@ -21,7 +21,7 @@ import argparse
 import csv
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,22 +70,28 @@ def to_csv(table: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _markdown(table: list[dict[str, Any]], cell: Callable[[str, Any], str]) -> str:
+    """A Markdown table of ``table``'s mappings (one row each, keys as headers, ``cell(head,
+    value)`` the text of a cell)."""
+    heads = list(table[0])
+    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
+    lines += ["| " + " | ".join(cell(h, v) for h, v in row.items()) + " |" for row in table]
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(table: list[dict[str, Any]]) -> str:
     if not table:
         return "No finished experiment found.\n"
-    heads = list(table[0])
-    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
-    for row in table:
-        cells = [
-            _cell(v) if isinstance(v, float) or (v is None and h != "Sanity") else str(v)
-            for h, v in row.items()
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+
+    def cell(head: str, value: Any) -> str:
+        number = isinstance(value, float) or (value is None and head != "Sanity")
+        return _cell(value) if number else str(value)
+
     note = (
         f"\nAccuracies in %, eps 8/255. {W_ROBUST} = (Clean + AA) / 2. Sanity: the gradient-"
         "masking checks of the evaluation (passed, failed, or not run).\n"
     )
-    return "\n".join(lines) + "\n" + note
+    return _markdown(table, cell) + note
 
 
 # --------------------------------------------------------------------------- command line
@@ -116,15 +122,12 @@ def summary_markdown(summary: list[dict[str, Any]]) -> str:
     """The settings over seeds as Markdown (cells 'mean ± std (n)')."""
     if not summary:
         return ""
-    heads = list(summary[0])
-    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in summary]
     note = (
         "\nOver seeds: mean ± sample standard deviation (number of runs) of each column, runs "
         "whose parameters differ only in run.seed taken together (a run listed by two engines "
         "counted once).\n"
     )
-    return "\n".join(lines) + "\n" + note
+    return _markdown(summary, lambda head, value: str(value)) + note
 
 
 def main(argv: Sequence[str] | None = None) -> int:
