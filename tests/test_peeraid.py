@@ -30,7 +30,9 @@ from bmtard.training.loop import Parts, fit, make_optimizer
 from bmtard.training.schedule import lr_factor
 
 ATTACK = TrainAttackConfig(steps=2)
-X, Y = torch.rand(4, 3, 8, 8), torch.tensor([0, 2, 1, 2])
+# fixed inputs, whatever the random state at collection (the reference checks are within rounding)
+X = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+Y = torch.tensor([0, 2, 1, 2])
 
 
 class Constant(nn.Module):
@@ -210,7 +212,7 @@ def run_and_reference(weights: dict, **switches):
         peer.zero_grad(set_to_none=True)
         ref = reference_loss(student, peer, X, x_adv, Y, live_s1=live, live_n=live, **weights)
         ref.backward()
-        assert ref.item() == pytest.approx(loss.item(), rel=1e-5)
+        assert ref.item() == pytest.approx(loss.item(), rel=1e-4)  # as `same`: other sum orders
         out[live] = grads(student), grads(peer)
     return got, out
 
