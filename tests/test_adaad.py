@@ -4,8 +4,6 @@ clean forward), the loss by hand in both reductions, bf16, and a few training st
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,19 +14,10 @@ from bmtard.methods.adaad import AdaAD, adaad_attack
 from bmtard.models import build_model
 from bmtard.runtime.execution import Execution
 
+from method_helpers import Constant, Record, kl_sum, softmax
+
 ATTACK = TrainAttackConfig(steps=3)  # eps 8/255, step 2/255, the 0.001-Gaussian start
 EPS, STEP = 8 / 255, 2 / 255
-
-
-class Constant(nn.Module):
-    """Logits that do not depend on the input."""
-
-    def __init__(self, logits: list[float]) -> None:
-        super().__init__()
-        self.bias = nn.Parameter(torch.tensor(logits))
-
-    def forward(self, x):
-        return self.bias.expand(len(x), -1) + 0 * x.sum(dim=(1, 2, 3))[:, None]
 
 
 class Linear(nn.Module):
@@ -41,28 +30,6 @@ class Linear(nn.Module):
 
     def forward(self, x):
         return x.flatten(1) @ self.weight.t()
-
-
-class Record(nn.Module):
-    """Runs ``inner`` and records (training mode, input) of every forward."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner, self.seen = inner, []
-
-    def forward(self, x):
-        self.seen.append((self.training, x.detach().clone()))
-        return self.inner(x)
-
-
-def softmax(z: list[float]) -> list[float]:
-    e = [math.exp(v) for v in z]
-    return [v / sum(e) for v in e]
-
-
-def kl_sum(p: list[float], q: list[float]) -> float:
-    """sum over classes of p (log p - log q): one image."""
-    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True))
 
 
 def reference_attack(student, teacher, x, steps):

@@ -15,23 +15,9 @@ from bmtard.methods.balance import MTARDWeights
 from bmtard.methods.baselines import ARD, MTARD, RSLAD
 from bmtard.models import build_model
 
+from method_helpers import Constant, softmax
+
 ATTACK = TrainAttackConfig(steps=2)
-
-
-class Constant(nn.Module):
-    """Logits that do not depend on the input (so every attack leaves them as they are)."""
-
-    def __init__(self, logits: list[float]) -> None:
-        super().__init__()
-        self.bias = nn.Parameter(torch.tensor(logits))
-
-    def forward(self, x):
-        return self.bias.expand(len(x), -1) + 0 * x.sum(dim=(1, 2, 3))[:, None]
-
-
-def softmax(z: list[float]) -> list[float]:
-    e = [math.exp(v) for v in z]
-    return [v / sum(e) for v in e]
 
 
 def kl_official(p: list[float], z_student: list[float]) -> float:

@@ -92,13 +92,7 @@ BASE = yaml.safe_load(shipped_params().read_text())
 
 
 def with_value(dotted, value):
-    raw = copy.deepcopy(BASE)
-    node = raw
-    *parents, last = dotted.split(".")
-    for k in parents:
-        node = node[k]
-    node[last] = value
-    return raw
+    return with_values(**{dotted.replace(".", "__"): value})
 
 
 @pytest.mark.parametrize(

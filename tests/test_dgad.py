@@ -5,8 +5,6 @@ attack, then x and x'), and a few training steps."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,28 +15,9 @@ from bmtard.methods.dgad import DGAD, swap_adversarial, swap_clean
 from bmtard.models import build_model
 from bmtard.runtime.execution import Execution
 
+from method_helpers import Record, kl_sum, softmax
+
 ATTACK = TrainAttackConfig(steps=2)
-
-
-class Record(nn.Module):
-    """Runs ``inner`` and records (training mode, input) of every forward."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner, self.seen = inner, []
-
-    def forward(self, x):
-        self.seen.append((self.training, x.detach().clone()))
-        return self.inner(x)
-
-
-def softmax(z: list[float]) -> list[float]:
-    e = [math.exp(v) for v in z]
-    return [v / sum(e) for v in e]
-
-
-def kl_sum(p: list[float], q: list[float]) -> float:
-    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True))
 
 
 def method(**kw) -> DGAD:

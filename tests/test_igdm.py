@@ -23,21 +23,11 @@ from bmtard.methods.igdm import IGDM, igdm_order, igdm_term
 from bmtard.models import build_model
 from bmtard.runtime.execution import Execution
 
+from method_helpers import Record, softmax
+
 ATTACK = TrainAttackConfig(steps=2)
 ATTACK_ARD = TrainAttackConfig(steps=2, init="uniform_unclamped")
 BALANCE = BalanceConfig(tau_lr=0.05, weight_lr=0.1)
-
-
-class Record(nn.Module):
-    """Runs ``inner`` and records (training mode, input) of every forward."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner, self.seen = inner, []
-
-    def forward(self, x):
-        self.seen.append((self.training, x.detach().clone()))
-        return self.inner(x)
 
 
 def tiny(arch: str = "resnet18") -> nn.Module:
@@ -46,11 +36,6 @@ def tiny(arch: str = "resnet18") -> nn.Module:
 
 def frozen(arch: str = "preact_resnet18") -> nn.Module:
     return tiny(arch).eval().requires_grad_(False)
-
-
-def softmax(z: list[float]) -> list[float]:
-    e = [math.exp(v) for v in z]
-    return [v / sum(e) for v in e]
 
 
 def test_the_term_by_hand():

@@ -29,21 +29,12 @@ from bmtard.runtime.execution import Execution
 from bmtard.training.loop import Parts, fit, make_optimizer
 from bmtard.training.schedule import lr_factor
 
+from method_helpers import Constant, softmax
+
 ATTACK = TrainAttackConfig(steps=2)
 # fixed inputs, whatever the random state at collection (the reference checks are within rounding)
 X = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
 Y = torch.tensor([0, 2, 1, 2])
-
-
-class Constant(nn.Module):
-    """Logits that do not depend on the input (so every attack leaves them as they are)."""
-
-    def __init__(self, logits: list[float]) -> None:
-        super().__init__()
-        self.bias = nn.Parameter(torch.tensor(logits))
-
-    def forward(self, x):
-        return self.bias.expand(len(x), -1) + 0 * x.sum(dim=(1, 2, 3))[:, None]
 
 
 class Linear(nn.Module):
@@ -62,11 +53,6 @@ class Linear(nn.Module):
 def method(student, peer, **kw) -> PeerAiD:
     kw.setdefault("attack", ATTACK)
     return PeerAiD(student, peer, lr_at=lambda e: 0.1, bn_batches=lambda e: [], **kw)
-
-
-def softmax(z: list[float]) -> list[float]:
-    e = [math.exp(v) for v in z]
-    return [v / sum(e) for v in e]
 
 
 def kl_mean(p: list[float], q: list[float]) -> float:

@@ -135,7 +135,9 @@ def method(name: str) -> MethodSpec:
         raise ValueError(f"unknown method {name!r}: allowed are {', '.join(NAMES)}") from None
 
 
-#: PeerAiD's published loss settings per dataset (its configs/*.json; distill.peeraid's nulls)
+#: PeerAiD's published loss settings per dataset (distill.peeraid's nulls): its
+#: training_scripts/resnet18_{cifar10,cifar100,tinyimagenet}.sh (--temperature T,
+#: --re_kd_temperature T_r, --gamma1/2, --lamb1/2/3); its WRN-34-10 scripts use the same values
 PEERAID = {
     "cifar10": {"temperature": 5.0, "peer_temperature": 1.0, "gamma1": 1.0, "gamma2": 0.1,
                 "lambda1": 0.0, "lambda2": 1.0, "lambda3": 1.0},

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bmtard.attacks.pgd import pgd_input
 from bmtard.config.params import TrainAttackConfig
+from bmtard.methods.split import split_batch_loss
 from bmtard.methods.stateless import Stateless
 from bmtard.runtime.execution import Execution, logits32
 
@@ -147,9 +148,4 @@ class AdaAD(Stateless):
     def batch_loss(
         self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        batch = self.craft(model, x, y)
-        model.train()
-        with self.execution.autocast():
-            z_nat = logits32(model(batch["x"]))
-            z_adv = logits32(model(batch["x_adv"]))
-        return self.loss_from(batch, {"nat": z_nat, "adv": z_adv}, rate_factor)
+        return split_batch_loss(self, model, x, y, rate_factor)

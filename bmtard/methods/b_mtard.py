@@ -18,7 +18,8 @@ from bmtard.core import distributed
 from bmtard.methods.balance import Balance, MTARDWeights
 from bmtard.methods.hooks import Hooks
 from bmtard.methods.losses import kl_to_teacher, neg_entropy, teacher_probs
-from bmtard.runtime.execution import Execution, logits32
+from bmtard.methods.split import split_batch_loss
+from bmtard.runtime.execution import Execution
 
 
 @dataclass
@@ -58,12 +59,7 @@ class BMTARD(Hooks):
     def batch_loss(
         self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        batch = self.craft(model, x, y)
-        model.train()
-        with self.execution.autocast():
-            z_sa = logits32(model(batch["x_adv"]))
-            z_sn = logits32(model(batch["x"]))
-        return self.loss_from(batch, {"adv": z_sa, "nat": z_sn}, rate_factor)
+        return split_batch_loss(self, model, x, y, rate_factor)
 
     def loss_from(
         self, batch: dict[str, Tensor], logits: dict[str, Tensor], rate_factor: float = 1.0

@@ -21,6 +21,7 @@ from bmtard.config.params import TrainAttackConfig
 from bmtard.methods.b_mtard import BMTARD
 from bmtard.methods.balance import MTARDWeights
 from bmtard.methods.losses import kl_to_teacher
+from bmtard.methods.split import split_batch_loss
 from bmtard.methods.stateless import Stateless
 from bmtard.runtime.execution import Execution, logits32
 
@@ -63,12 +64,7 @@ class ARD(Stateless):
     def batch_loss(
         self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        batch = self.craft(model, x, y)
-        model.train()
-        with self.execution.autocast():
-            z_adv = logits32(model(batch["x_adv"]))
-            z_nat = logits32(model(batch["x"]))
-        return self.loss_from(batch, {"adv": z_adv, "nat": z_nat}, rate_factor)
+        return split_batch_loss(self, model, x, y, rate_factor)
 
     def loss_from(
         self, batch: dict[str, Tensor], logits: dict[str, Tensor], rate_factor: float = 1.0
@@ -128,12 +124,7 @@ class RSLAD(Stateless):
     def batch_loss(
         self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        batch = self.craft(model, x, y)
-        model.train()
-        with self.execution.autocast():
-            z_adv = logits32(model(batch["x_adv"]))
-            z_nat = logits32(model(batch["x"]))
-        return self.loss_from(batch, {"adv": z_adv, "nat": z_nat}, rate_factor)
+        return split_batch_loss(self, model, x, y, rate_factor)
 
     def loss_from(
         self, batch: dict[str, Tensor], logits: dict[str, Tensor], rate_factor: float = 1.0

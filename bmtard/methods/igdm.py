@@ -12,50 +12,12 @@ x- = x - gamma d, d = x' - x from the base method's **own** attack (the softmax 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bmtard.runtime.execution import Execution, logits32
-
-
-class Splittable(Protocol):
-    """A base method whose ``batch_loss`` is its three parts, in this order (ARD, RSLAD, MTARD,
-    B-MTARD, AdaAD):
-
-    ``craft(model, x, y)``: the attack, -> the batch's tensors by name: 'x' (laid out), 'y',
-    'x_adv' ((B, C, H, W) in [0, 1]), and whatever else its loss reuses;
-    ``FORWARDS``: the student's train-mode forwards of the loss, in order: 'adv' (on x_adv) and
-    'nat' (on x);
-    ``loss_from(batch, logits, rate_factor)``: the loss and logs from those forwards' fp32 logits
-    by name (stateful bases update their state here).
-    """
-
-    execution: Execution
-    FORWARDS: ClassVar[tuple[str, ...]]
-
-    def craft(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]: ...
-
-    def loss_from(
-        self, batch: dict[str, Tensor], logits: dict[str, Tensor], rate_factor: float = 1.0
-    ) -> tuple[Tensor, dict[str, Tensor]]: ...
-
-    def status(self) -> dict[str, float]: ...
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-    def start_epoch(self, epoch: int) -> None: ...
-
-    def after_step(self) -> None: ...
-
-    def end_epoch(self, epoch: int) -> None: ...
-
-    def networks(self) -> dict[str, nn.Module]: ...
-
-    def output(self) -> dict[str, Tensor] | None: ...
+from bmtard.methods.split import Splittable
+from bmtard.runtime.execution import logits32
 
 
 def igdm_order(base_forwards: tuple[str, ...]) -> tuple[str, ...]:

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from bmtard.attacks.pgd import pgd
+from bmtard.config import method_table
 from bmtard.config.params import TrainAttackConfig
 from bmtard.core.errors import BmtardError
 from bmtard.methods.hooks import Hooks
@@ -50,14 +51,7 @@ from bmtard.runtime.execution import Execution, logits32
 #: (``training_scripts/resnet18_{cifar10,cifar100,tinyimagenet}.sh``, identical to README's
 #: commands): ``--temperature`` (T), ``--re_kd_temperature`` (T_r), ``--gamma1/2``, ``--lamb1/2/3``.
 #: The WideResNet-34-10 scripts use the same values per dataset.
-PUBLISHED: dict[str, dict[str, float]] = {
-    "cifar10": {"temperature": 5.0, "peer_temperature": 1.0, "gamma1": 1.0, "gamma2": 0.1,
-                "lambda1": 0.0, "lambda2": 1.0, "lambda3": 1.0},
-    "cifar100": {"temperature": 5.0, "peer_temperature": 1.0, "gamma1": 1.0, "gamma2": 1.0,
-                 "lambda1": 0.0, "lambda2": 1.0, "lambda3": 1.0},
-    "tiny_imagenet": {"temperature": 1.0, "peer_temperature": 1.0, "gamma1": 1.0, "gamma2": 100.0,
-                      "lambda1": 0.035, "lambda2": 35.0, "lambda3": 20.0},
-}  # fmt: skip
+PUBLISHED = method_table.PEERAID  # the one table, in the configuration layer
 
 #: the first epoch (1-based) at whose end the student is averaged: the official ``swa_s_start`` is
 #: the student's first lr-decay epoch, 214, compared (``epoch >= 214``) with a 0-based epoch, so
