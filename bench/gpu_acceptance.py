@@ -18,7 +18,8 @@ run as subprocesses killed at the part's limit (``bench/acceptance/parts.py``; s
                        card's peak, projected 300-epoch time, ratio to the official structure.
 
 A part gets its limit or what is left of ``--budget`` (480 s), whichever is less; one that would
-start with under 5 s left is skipped. The exit code is 0 when no part failed or ran out of time.
+start with under 5 s left is skipped. Each command's output goes to ``--logs`` (OUT/logs). The exit
+code is 0 when no part failed or ran out of time.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ MIN_START_S = 5.0
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="folder for acceptance.json, acceptance.md, logs/")
+    p.add_argument("--out", required=True, help="folder for acceptance.json and acceptance.md")
+    p.add_argument("--logs", help="folder for each part's output (default: OUT/logs)")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--tiny", action="store_true", help="tiny sizes (CI on a CPU; no timing)")
     p.add_argument("--budget", type=float, default=480.0, help="seconds for every part together")
@@ -87,12 +89,14 @@ def run_parts(args: argparse.Namespace, ctx: Context) -> list[Part]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     out = Path(args.out)
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+    logs = Path(args.logs) if args.logs else out / "logs"
+    out.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bmtard-acceptance-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
-        ctx = Context(out.resolve(), work.resolve(), args.device, args.tiny)
+        ctx = Context(logs.resolve(), work.resolve(), args.device, args.tiny)
         ctx.facts["cpu_ddp"] = args.ddp
         parts = run_parts(args, ctx)
     facts = ctx.facts

@@ -21,18 +21,14 @@ PASS, FAIL, SKIP, TIMEOUT = "pass", "fail", "skip", "timeout"
 
 @dataclass
 class Context:
-    """What every part is given: the report folder, a scratch folder, the device (cuda | cpu),
-    whether sizes are tiny, and what the environment part found (``facts``)."""
+    """What every part is given: the folder for its logs, a scratch folder, the device
+    (cuda | cpu), whether sizes are tiny, and what the environment part found (``facts``)."""
 
-    out: Path
+    logs: Path
     work: Path
     device: str
     tiny: bool
     facts: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def logs(self) -> Path:
-        return self.out / "logs"
 
 
 @dataclass
