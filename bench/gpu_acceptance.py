@@ -11,7 +11,7 @@ run as subprocesses killed at the part's limit (``bench/acceptance/parts.py``; s
 
   environment (30)     versions, the GPUs torch and nvidia-smi see, the optional packages;
   cuda_tests (150)     ``pytest -m cuda`` (tests/test_cuda.py) with the numbers each test records;
-  pipeline (110)       the five stage scripts by hand, one SIGTERM and resume of the distillation;
+  pipeline (130)       the five stage scripts by hand, one SIGTERM and resume of the distillation;
   ddp (60)             two processes over NCCL against one, if there are 2 GPUs or more;
   bench_fp32 (50), bench_bf16_channels_last (50), bench_compile (240: inductor compiles first)
                        ``bench/bench_step.py`` at batch 128: images/s, peak memory, share of the

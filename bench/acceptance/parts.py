@@ -234,7 +234,7 @@ def failed(name: str, ran: Ran, what: str) -> Part:
 PARTS: tuple[tuple[str, float, Callable[[Context, float], Part]], ...] = (
     ("environment", 30, environment),
     ("cuda_tests", 150, cuda_tests),
-    ("pipeline", 110, pipeline),
+    ("pipeline", 130, pipeline),
     ("ddp", 60, ddp),
     ("bench_fp32", 50, bench("bench_fp32", [])),
     ("bench_bf16_channels_last", 50,
