@@ -4,18 +4,25 @@ Measures images/s and peak memory of
   (a) one B-MTARD training step as the pipeline runs it (data on the device, balance state on
       the device, no ``.item()``, the precision/layout/compile asked for);
   (b) the same B-MTARD step structured as the official code (``bmtard.methods.reference``: fp32, a
-      torchvision DataLoader with CPU transforms, ``.item()`` per step), and the ratio (a)/(b);
+      torchvision DataLoader with CPU transforms, ``.item()`` per step), and the ratio (a)/(b) of
+      images/s (= official step time / ours), at every batch size asked for, in either order or
+      both (ours then official, then official then ours);
   (c) one TRADES step of the robust teacher (the pipeline's step);
   (d) one PGD-20 evaluation batch (PGD_SAT of the protocol, fp32, eval mode, plus the clean pass);
-counts the FLOPs per image of each (``torch.utils.flop_counter``, eager fp32 copies), gives the
-fraction of the device's peak where the device is known, and projects the full runs (300 epochs
-of B-MTARD, 76 of TRADES, on 50,000 images; PGD-20 on 10,000 test images).
+  (e) the step of the newer distillation methods as the distill stage builds them: AdaAD (its
+      attack backpropagates through the robust teacher), AdaAD+IGDM, DGAD, CIARD (its robust
+      teacher fine-tuned every step) and PeerAiD (a peer network trained with the student);
+counts the FLOPs per image of each (``torch.utils.flop_counter`` on eager fp32 copies, the
+teachers' forwards included), gives the fraction of the device's peak where the device is known,
+and projects the full runs (each method's published epochs on 50,000 images: 300 for B-MTARD,
+76 for TRADES; PGD-20 on 10,000 test images). ``--profile N`` adds the N ops that take the most
+self time in one step of each case (calls, share of the step).
 
 Runs with torch alone (no DVC, no Snakemake), on a CPU or a GPU:
 
     python -m bench.bench_step --device cuda --batch 128 --precision bf16 --channels-last \\
         --json bench/out/h100.json
-    python -m bench.bench_step --device cpu --batch 8 --steps 3 --warmup 1
+    python -m bench.bench_step --device cpu --batch 8,32,128 --order both --cases bmtard,official
 
 Synthetic images (random uint8 CIFAR-sized), because speed does not depend on their content.
 """
@@ -23,52 +30,49 @@ Synthetic images (random uint8 CIFAR-sized), because speed does not depend on th
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
-import platform
-import resource
 import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
-from bmtard.attacks.pgd import pgd_ce
-from bmtard.config.params import BalanceConfig, RunConfig, TrainAttackConfig
-from bmtard.data.loader import Batches
-from bmtard.data.splits import Split
-from bmtard.methods.adversarial import TRADES
-from bmtard.methods.b_mtard import BMTARD
-from bmtard.methods.balance import Balance
-from bmtard.methods.reference import FloatBalance, device_batches, official_loader, official_step
-from bmtard.models import ARCHS, build_model
-from bmtard.runtime.execution import Execution, threads_given
-from bmtard.training.loop import CHECK_EVERY, FiniteGuard
+if __package__ in (None, ""):  # run as a file (python bench/bench_step.py): the checkout's root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import cases as C  # noqa: E402
+from bench.measure import (  # noqa: E402,F401 (flops_of: the tests' entry)
+    device_name,
+    flops_of,
+    peak_flops,
+    peak_mib,
+    profile_ops,
+    reset_peak,
+    seconds_per_step,
+)
+from bmtard.config.params import RunConfig  # noqa: E402
+from bmtard.models import ARCHS  # noqa: E402
+from bmtard.runtime.execution import Execution, threads_given  # noqa: E402
 
 TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # CIFAR
 EPOCHS = {"bmtard": 300, "trades": 76}  # the paper's runs (params.yaml)
-
-#: dense peak FLOP/s by the vendors' datasheets, (name substring, {dtype: FLOP/s}), first match
-#: wins. fp32 convolutions on these cards run as TF32 unless cudnn.allow_tf32 is off.
-PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
-    ("H100 PCIe", {"bf16": 756e12, "tf32": 378e12, "fp32": 51e12}),
-    ("H100", {"bf16": 989e12, "tf32": 495e12, "fp32": 67e12}),
-    ("H200", {"bf16": 989e12, "tf32": 495e12, "fp32": 67e12}),
-    ("A100", {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
-)
+BASE_CASES = ("bmtard", "official", "trades", "pgd20")
+NEW_METHODS = ("adaad", "adaad_igdm", "dgad", "ciard", "peeraid")  # issue 17's
+DEFAULT_CASES = (*BASE_CASES, *NEW_METHODS)
+ALL_CASES = (*BASE_CASES, *C.METHODS, *C.METHODS_IGDM)
+ORDERS = ("ours-first", "official-first", "both")
 
 
 @dataclass(frozen=True)
 class Result:
-    """One measured case. Memory in MiB: CUDA peak allocated, or the process's peak RSS on a CPU
-    (cumulative over the cases run so far)."""
+    """One measured case at one batch size. Memory in MiB: CUDA peak allocated, or the
+    process's peak RSS on a CPU (cumulative over the cases run so far)."""
 
     case: str
+    batch: int
     images_per_s: float
     ms_per_step: float
     peak_mib: float
@@ -77,235 +81,41 @@ class Result:
     peak_fraction: float | None
     projected_hours: float
     projected_what: str
+    profile: list[dict] = field(default_factory=list)
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what the platform says."""
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+def measure_flops(count: Callable[[], None], batch: int) -> float:
+    """FLOPs per image of one step of ``count`` (an eager fp32 copy of the case)."""
+    return flops_of(count) / batch
 
 
-def synthetic_split(n: int, seed: int = 0) -> Split:
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    return Split(images, rng.integers(0, 10, n).astype(np.int64))
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
-
-
-def seconds_per_step(step: Callable[[], None], warmup: int, steps: int, device) -> float:
-    """Wall-clock seconds of one call of ``step``, after ``warmup`` calls (compilation, cudnn
-    autotuning, allocator growth), synchronised with the device around the timed calls."""
-    for _ in range(warmup):
-        step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return (time.perf_counter() - start) / steps
-
-
-class FlopCount(TorchDispatchMode):
-    """Sums ``torch.utils.flop_counter``'s count of every op run inside it. This is
-    ``FlopCounterMode`` without its per-module tracking, whose hooks refuse the
-    ``autograd.grad`` on a leaf tensor that every PGD step makes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        count = flop_registry.get(func._overloadpacket)
-        if count is not None:
-            self.total += count(*args, **kwargs, out_val=out)
-        return out
-
-
-def flops_of(step: Callable[[], None]) -> int:
-    with FlopCount() as counter:
-        step()
-    return counter.total
-
-
-def cycle(batches: Batches) -> Iterator:
-    epoch = 0
-    while True:
-        batches.set_epoch(epoch)
-        yield from batches
-        epoch += 1
-
-
-def peak_flops(device: torch.device, precision: str) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    dtype = precision
-    if precision == "fp32" and torch.backends.cudnn.allow_tf32:
-        dtype = "tf32"
-    for key, peaks in PEAKS:
-        if key in name:
-            return peaks[dtype]
-    return None
-
-
-@dataclass
-class Models:
-    student: nn.Module
-    teacher_adv: nn.Module
-    teacher_nat: nn.Module
-
-
-def build(args: argparse.Namespace, device: torch.device) -> Models:
-    torch.manual_seed(0)
-    return Models(
-        build_model(args.student, 10, args.width).to(device),
-        build_model(args.teacher_adv, 10, args.width).to(device),
-        build_model(args.teacher_nat, 10, args.width).to(device),
-    )
-
-
-def sgd(model: nn.Module) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
-
-
-def loop_step(model, method, split, args, device) -> Callable[[], None]:
-    """One step of ``bmtard.training.loop.fit``'s loop: a batch from the device-resident loader, the
-    method's loss, the finiteness record, SGD, the logged sums on the device, and the finiteness
-    check (one sync) every ``CHECK_EVERY`` steps."""
-    opt = sgd(model)
-    data = cycle(Batches(split, args.batch, device=device, shuffle=True, augment=True))
-    guard, sums, count = FiniteGuard("bench"), {}, [0]
-
-    def step() -> None:
-        x, y = next(data)
-        loss, logs = method.batch_loss(model, x, y)
-        guard.record(0, count[0], 0.01, loss, logs)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        for k, v in logs.items():
-            sums[k] = sums.get(k, 0.0) + v.double() * len(y)
-        count[0] += 1
-        if count[0] % CHECK_EVERY == 0:
-            guard.check("")
-
-    return step
-
-
-def bmtard_new(args, device, split) -> Callable[[], None]:
-    """The pipeline's step (``bmtard.methods.b_mtard`` in ``bmtard.training.loop.fit``'s loop)."""
-    ex = Execution(args.precision, args.channels_last, args.compile, device.type)
-    m = build(args, device)
-    ex.student(m.student)
-    method = BMTARD(
-        ex.teacher(m.teacher_adv), ex.teacher(m.teacher_nat), TrainAttackConfig(),
-        Balance.from_config(BalanceConfig(), device), execution=ex,
-    )  # fmt: skip
-    return loop_step(m.student, method, split, args, device)
-
-
-def bmtard_official(args, device, split) -> Callable[[], None]:
-    """The official structure: fp32, NCHW, eager, DataLoader + CPU transforms, ``.item()``."""
-    m = build(args, device)
-    for t in (m.teacher_adv, m.teacher_nat):
-        t.eval().requires_grad_(False)
-    attack, balance = TrainAttackConfig(), FloatBalance.from_config(BalanceConfig())
-    opt = sgd(m.student)
-    loader = official_loader(split, args.batch)
-
-    def batches() -> Iterator:
-        while True:
-            yield from device_batches(loader, device)
-
-    data = batches()
-
-    def step() -> None:
-        x, y = next(data)
-        official_step(m.student, m.teacher_adv, m.teacher_nat, x, y, opt, balance, attack)
-
-    return step
-
-
-def trades(args, device, split) -> tuple[Callable[[], None], Callable[[], None]]:
-    def make(ex: Execution) -> Callable[[], None]:
-        torch.manual_seed(0)
-        model = ex.student(build_model(args.teacher_adv, 10, args.width).to(device))
-        method = TRADES(TrainAttackConfig(init="gaussian"), beta=6.0, execution=ex)
-        return loop_step(model, method, split, args, device)
-
-    ex = Execution(args.precision, args.channels_last, args.compile, device.type)
-    return make(ex), make(Execution(device_type=device.type))
-
-
-def pgd20(args, device, split) -> Callable[[], None]:
-    """PGD_SAT of the protocol (eps 8/255, step 2/255, 20 steps, uniform start) and the clean
-    pass, fp32, eval mode: evaluation never uses the fast path."""
-    torch.manual_seed(0)
-    model = build_model(args.student, 10, args.width).to(device).eval()
-    x = torch.from_numpy(split.images[: args.batch]).to(device).permute(0, 3, 1, 2).float() / 255
-    y = torch.from_numpy(split.labels[: args.batch]).to(device)
-
-    def step() -> None:
-        x_adv = pgd_ce(model, x, y, eps=8 / 255, step_size=2 / 255, steps=20, init="uniform")
-        with torch.no_grad():
-            model(x).argmax(1)
-            model(x_adv).argmax(1)
-
-    return step
-
-
-def measure(name, step, count, args, device, precision, images, what) -> Result:
-    reset_peak(device)
-    sec = seconds_per_step(step, args.warmup, args.steps, device)
-    flops = flops_of(count) / args.batch
-    peak = peak_flops(device, precision)
+def result(name, args, device, precision, sec, flops, peak, images, what, profile) -> Result:
     per_s = args.batch / sec
+    top = peak_flops(device, precision)
     return Result(
         case=name,
+        batch=args.batch,
         images_per_s=per_s,
         ms_per_step=1000 * sec,
-        peak_mib=peak_mib(device),
+        peak_mib=peak,
         gflop_per_image=flops / 1e9,
         gflop_per_s=flops * per_s / 1e9,
-        peak_fraction=None if peak is None else flops * per_s / peak,
+        peak_fraction=None if top is None else flops * per_s / top,
         projected_hours=math.ceil(images / args.batch) * sec / 3600,
         projected_what=what,
+        profile=profile,
     )
 
 
-def table(results: list[Result]) -> str:
-    head = "| case | images/s | ms/step | peak MiB | GFLOP/image | GFLOP/s | of peak | projected |"
-    rows = [head, "|---|---:|---:|---:|---:|---:|---:|---|"]
-    for r in results:
-        frac = "n/a" if r.peak_fraction is None else f"{100 * r.peak_fraction:.1f} %"
-        rows.append(
-            f"| {r.case} | {r.images_per_s:.2f} | {r.ms_per_step:.0f} | {r.peak_mib:.0f} | "
-            f"{r.gflop_per_image:.2f} | {r.gflop_per_s:.0f} | {frac} | "
-            f"{r.projected_hours:.2f} h for {r.projected_what} |"
-        )
-    return "\n".join(rows)
+def timed(step, args, device) -> tuple[float, float]:
+    """(seconds per step after the warm-up, peak MiB meanwhile)."""
+    reset_peak(device)
+    sec = seconds_per_step(step, args.warmup, args.steps, device)
+    return sec, peak_mib(device)
+
+
+def profiled(step, args, device) -> list[dict]:
+    return profile_ops(step, device, args.profile) if args.profile else []
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -315,24 +125,161 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--teacher-adv", default="wrn34_10", choices=ARCHS)
     p.add_argument("--teacher-nat", default="resnet56", choices=ARCHS)
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of every model")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", default="128", help="batch size, or several: 8,32,128")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile's backend (eager: trace only)"
+    )
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     p.add_argument("--steps", type=int, default=10, help="timed steps per case")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: what was granted)")
-    p.add_argument("--cases", default="bmtard,official,trades,pgd20")
+    p.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"of {', '.join(ALL_CASES)}")
+    p.add_argument(
+        "--order", default="ours-first", choices=ORDERS,
+        help="of the B-MTARD pair; both: ours, official, official, ours (each timed twice)",
+    )  # fmt: skip
+    p.add_argument("--profile", type=int, default=0, help="top ops per case (0: no profile)")
     p.add_argument("--nondeterministic", action="store_true", help="cudnn.benchmark on")
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args(argv)
-    for name in ("batch", "steps"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1")
-    unknown = set(args.cases.split(",")) - {"bmtard", "official", "trades", "pgd20"}
+    try:
+        args.batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        p.error(f"--batch {args.batch!r}: one or more integers, comma-separated")
+    if min(args.batches) < 1:
+        p.error("--batch must be >= 1")
+    for name in ("steps", "warmup", "profile"):
+        if getattr(args, name) < (1 if name == "steps" else 0):
+            p.error(f"--{name} must be >= {1 if name == 'steps' else 0}")
+    args.case_list = args.cases.split(",")
+    unknown = set(args.case_list) - set(ALL_CASES)
     if unknown:
         p.error(f"--cases: unknown {', '.join(sorted(unknown))}")
     return args
+
+
+def use_compile_backend(backend: str) -> None:
+    """Make ``nn.Module.compile`` (``Execution``'s) use ``backend``; ``eager`` traces with
+    Dynamo and runs the captured graphs uncompiled (minutes less on a CPU)."""
+    if backend == "inductor":
+        return
+    original = torch.nn.Module.compile
+    torch.nn.Module.compile = lambda self, *a, **k: original(self, *a, **{"backend": backend, **k})
+
+
+class Bench:
+    """The cases of one batch size: each measured, counted and recorded in ``results``."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, batch: int) -> None:
+        self.args = copy.copy(args)
+        self.args.batch = batch
+        self.device = device
+        self.split = C.synthetic_split(max(batch * (args.warmup + args.steps + 2), 1024))
+        self.ex = Execution(args.precision, args.channels_last, args.compile, device.type)
+        self.eager = Execution(device_type=device.type)
+        self.results: list[Result] = []
+        self.ratio: dict[str, float] = {}
+        f = f"{args.precision}{', channels_last' if args.channels_last else ''}"
+        self.fast = f + (", compiled" if args.compile else "")
+
+    def log(self, name: str) -> None:
+        print(f"measuring {name} at batch {self.args.batch} ...", file=sys.stderr, flush=True)
+
+    def add(self, name, step, count, precision, images, what) -> None:
+        self.log(name)
+        sec, peak = timed(step, self.args, self.device)
+        flops = measure_flops(count, self.args.batch)
+        prof = profiled(step, self.args, self.device)
+        self.results.append(
+            result(name, self.args, self.device, precision, sec, flops, peak, images, what, prof)
+        )
+
+    def pair(self, order: str) -> None:
+        """Our B-MTARD step and the official structure's, in ``order``; their ratio."""
+        a, d = self.args, self.device
+        ours = C.bmtard_new(a, d, self.split, self.ex)
+        official = C.bmtard_official(a, d, self.split)
+        # FLOPs counted on the official structure: the same work as ours
+        flops = measure_flops(C.bmtard_official(a, d, self.split), a.batch)
+        seq = {"ours-first": "AB", "official-first": "BA", "both": "ABBA"}[order]
+        times: dict[str, list[float]] = {"A": [], "B": []}
+        peaks: dict[str, float] = {}
+        for i, which in enumerate(seq):
+            self.log("B-MTARD step" if which == "A" else "B-MTARD official structure")
+            step = ours if which == "A" else official
+            warm = a.warmup if i < 2 else 0  # each is warm after its first turn
+            reset_peak(d)
+            times[which].append(seconds_per_step(step, warm, a.steps, d))
+            peaks[which] = max(peaks.get(which, 0.0), peak_mib(d))
+        train = EPOCHS["bmtard"] * TRAIN_IMAGES
+        for which, name, step, precision in (
+            ("A", f"B-MTARD step ({self.fast})", ours, a.precision),
+            ("B", "B-MTARD official structure (fp32)", official, "fp32"),
+        ):
+            sec = sum(times[which]) / len(times[which])
+            prof = profiled(step, a, d)
+            self.results.append(
+                result(name, a, d, precision, sec, flops, peaks[which], train, "300 epochs", prof)
+            )
+        ratios = [b / t for t, b in zip(times["A"], times["B"], strict=True)]
+        self.ratio = {"batch": a.batch, "ours_over_official": sum(times["B"]) / sum(times["A"])}
+        if order == "both":
+            self.ratio |= {"ours_first": ratios[0], "official_first": ratios[1]}
+
+    def run(self, cases: list[str]) -> None:
+        a, d, s = self.args, self.device, self.split
+        if "bmtard" in cases and "official" in cases:
+            self.pair(a.order)
+        elif "bmtard" in cases:
+            step, count = C.bmtard_new(a, d, s, self.ex), C.bmtard_new(a, d, s, self.eager)
+            self.add(f"B-MTARD step ({self.fast})", step, count, a.precision, 300 * TRAIN_IMAGES,
+                     "300 epochs")  # fmt: skip
+        elif "official" in cases:
+            step = C.bmtard_official(a, d, s)
+            self.add("B-MTARD official structure (fp32)", step, step, "fp32", 300 * TRAIN_IMAGES,
+                     "300 epochs")  # fmt: skip
+        if "trades" in cases:
+            step, count = C.trades(a, d, s, self.ex), C.trades(a, d, s, self.eager)
+            what = f"{EPOCHS['trades']} epochs"
+            self.add(f"TRADES step ({self.fast})", step, count, a.precision,
+                     EPOCHS["trades"] * TRAIN_IMAGES, what)  # fmt: skip
+        if "pgd20" in cases:
+            step = C.pgd20(a, d, s)
+            self.add("PGD-20 eval batch (fp32)", step, step, "fp32", TEST_IMAGES, "10,000 images")
+        for name in cases:
+            if name in BASE_CASES:
+                continue
+            step, epochs = C.method_step(name, a, d, s, self.ex)
+            count, _ = C.method_step(name, a, d, s, self.eager)
+            label = f"{C.method_label(name)} step ({self.fast})"
+            self.add(label, step, count, a.precision, epochs * TRAIN_IMAGES, f"{epochs} epochs")
+
+
+def table(results: list[Result]) -> str:
+    head = (
+        "| case | batch | images/s | ms/step | peak MiB | GFLOP/image | GFLOP/s | of peak "
+        "| projected |"
+    )
+    rows = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        frac = "n/a" if r.peak_fraction is None else f"{100 * r.peak_fraction:.1f} %"
+        rows.append(
+            f"| {r.case} | {r.batch} | {r.images_per_s:.2f} | {r.ms_per_step:.0f} | "
+            f"{r.peak_mib:.0f} | {r.gflop_per_image:.2f} | {r.gflop_per_s:.0f} | {frac} | "
+            f"{r.projected_hours:.2f} h for {r.projected_what} |"
+        )
+    return "\n".join(rows)
+
+
+def profile_table(r: Result) -> str:
+    rows = [f"{r.case}, batch {r.batch}: the ops with the most self time in one step"]
+    rows += [
+        f"  {p['op']:<40} {p['calls']:>6} calls {100 * p['share']:5.1f} % {p['self_ms']:9.1f} ms"
+        for p in r.profile
+    ]
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,51 +288,39 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads_given(RunConfig(num_threads=args.threads)))
     torch.backends.cudnn.deterministic = not args.nondeterministic
     torch.backends.cudnn.benchmark = args.nondeterministic
-    split = synthetic_split(max(args.batch * (args.warmup + args.steps + 1), 1024))
-    cases = args.cases.split(",")
-    fast = f"{args.precision}{', channels_last' if args.channels_last else ''}"
-    fast += ", compiled" if args.compile else ""
+    use_compile_backend(args.compile_backend)
     results: list[Result] = []
-
-    def run(name, step, count, precision, images, what) -> None:
-        print(f"measuring {name} ...", file=sys.stderr, flush=True)
-        results.append(measure(name, step, count, args, device, precision, images, what))
-
-    train = 300 * TRAIN_IMAGES
-    if "bmtard" in cases:
-        # FLOPs counted on the official structure: the same work, and the teachers' forwards
-        # under inference_mode are invisible to a dispatch mode
-        step, count = bmtard_new(args, device, split), bmtard_official(args, device, split)
-        run(f"B-MTARD step ({fast})", step, count, args.precision, train, "300 epochs")
-    if "official" in cases:
-        step = bmtard_official(args, device, split)
-        run("B-MTARD official structure (fp32)", step, step, "fp32", train, "300 epochs")
-    if "trades" in cases:
-        step, count = trades(args, device, split)
-        what = f"{EPOCHS['trades']} epochs"
-        run(f"TRADES step ({fast})", step, count, args.precision, 76 * TRAIN_IMAGES, what)
-    if "pgd20" in cases:
-        step = pgd20(args, device, split)
-        run("PGD-20 eval batch (fp32)", step, step, "fp32", TEST_IMAGES, "10,000 images")
-
-    speed = {r.case.split(" (")[0]: r.images_per_s for r in results}
-    new, official = speed.get("B-MTARD step"), speed.get("B-MTARD official structure")
-    ratio = new / official if new and official else None
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    ratios: list[dict[str, float]] = []
+    for batch in args.batches:
+        bench = Bench(args, device, batch)
+        bench.run(args.case_list)
+        results += bench.results
+        if bench.ratio:
+            ratios.append(bench.ratio)
+    where = device_name(device)
     models = f"{args.student} <- {args.teacher_adv} + {args.teacher_nat}, width {args.width}"
     threads = torch.get_num_threads()
-    print(f"\n{where}, torch {torch.__version__}, {threads} threads, batch {args.batch}, {models}")
+    print(f"\n{where}, torch {torch.__version__}, {threads} threads, {models}")
     print("\n" + table(results))
-    if ratio is not None:
-        print(f"\nB-MTARD step / official structure: {ratio:.2f}x")
+    for r in results:
+        if r.profile:
+            print("\n" + profile_table(r))
+    for q in ratios:
+        orders = ""
+        if "ours_first" in q:
+            orders = f" (ours first {q['ours_first']:.3f}, "
+            orders += f"official first {q['official_first']:.3f})"
+        print(
+            f"\nB-MTARD step / official structure at batch {q['batch']} (images/s; = official "
+            f"step time / ours): {q['ours_over_official']:.3f}x{orders}"
+        )
     if args.json:
-        from pathlib import Path
-
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         record = {
             "device": where, "device_type": device.type, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "args": vars(args), "ratio": ratio,
-            "results": [asdict(r) for r in results],
+            "threads": threads, "args": {k: v for k, v in vars(args).items()},
+            "ratio": ratios[0]["ours_over_official"] if len(ratios) == 1 else None,
+            "ratios": ratios, "results": [asdict(r) for r in results],
         }  # fmt: skip
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return 0

@@ -6,6 +6,13 @@ at 32 x 32) and returns logits (N, num_classes). Only ``wrn70_16`` normalizes in
 published weights expect). ``width`` scales every channel count (rounded,
 at least 1); ``width=1.0`` gives exactly the reference architecture and state_dict keys/shapes, so
 published checkpoints load.
+
+The ReLUs after a BatchNorm and the residual sums run in place (``F.relu(..., inplace=True)``,
+``out += shortcut``), as the official networks' ``nn.ReLU(inplace=True)``: no tensor autograd
+keeps is overwritten (BatchNorm and convolutions save their inputs, ReLU its output), so the
+forward and every gradient are those of the out-of-place forms bit for bit (``a + b`` and
+``b + a`` are the same IEEE sum; ``tests/test_inplace.py``), with one allocation less per
+activation. Swish stays out of place: its gradient needs its input.
 """
 
 import math

@@ -39,10 +39,12 @@ class Block(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         out = self.bn3(self.conv3(out))
-        return out + self.shortcut(x) if self.stride == 1 else out
+        if self.stride == 1:
+            out += self.shortcut(x)
+        return out
 
 
 class MobileNetV2(nn.Module):
@@ -78,8 +80,8 @@ class MobileNetV2(nn.Module):
         self.linear = nn.Linear(head, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.layers(out)
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         out = global_avg_pool(out)  # avg_pool2d(4) at 32 x 32, as the reference
         return self.linear(out)

@@ -30,11 +30,12 @@ class PreActBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
+        out = F.relu(self.bn1(x), inplace=True)
         skip = x if self.shortcut is None else self.shortcut(out)
         out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + skip
+        out = self.conv2(F.relu(self.bn2(out), inplace=True))
+        out += skip
+        return out
 
 
 class PreActResNet18(nn.Module):

@@ -35,13 +35,13 @@ class BasicBlock(nn.Module):
             self.convShortcut = nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act = F.relu(self.bn1(x))
-        out = F.relu(self.bn2(self.conv1(act)))
+        act = F.relu(self.bn1(x), inplace=True)
+        out = F.relu(self.bn2(self.conv1(act)), inplace=True)
         if self.drop_rate > 0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         out = self.conv2(out)
-        skip = x if self.convShortcut is None else self.convShortcut(act)
-        return skip + out
+        out += x if self.convShortcut is None else self.convShortcut(act)  # = skip + out, bitwise
+        return out
 
 
 class NetworkBlock(nn.Module):
@@ -97,6 +97,6 @@ class WideResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
         out = self.block3(self.block2(self.block1(out)))
-        out = F.relu(self.bn1(out))
+        out = F.relu(self.bn1(out), inplace=True)
         out = global_avg_pool(out)  # avg_pool2d(8) at 32 x 32, as the reference
         return self.fc(out)

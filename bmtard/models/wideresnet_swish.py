@@ -48,8 +48,8 @@ class SwishBlock(nn.Module):
         act = F.silu(self.batchnorm_0(x))
         out = self.conv_0(F.pad(act, self.pad))
         out = self.conv_1(F.silu(self.batchnorm_1(out)))
-        skip = x if self.shortcut is None else self.shortcut(act)
-        return skip + out
+        out += x if self.shortcut is None else self.shortcut(act)  # = skip + out, bitwise
+        return out
 
 
 class BlockGroup(nn.Module):
