@@ -209,6 +209,27 @@ def test_resume_dir_that_cannot_be_created_is_one_line(prepared, tmp_path):
     assert not (repo / "metrics").exists()
 
 
+@pytest.mark.parametrize("role", ["robust", None])
+def test_state_dir_that_cannot_be_created_stops_before_any_work(prepared, tmp_path, role):
+    """run.state_dir under a file: one line before training (no curves, no model), by the distill
+    stage and by a teacher stage."""
+    repo = copy_of(prepared, tmp_path)
+    params = tiny_params(run={"state_dir": "/dev/null/x"})
+    args = DISTILL
+    if role is not None:
+        args = (
+            "stages.train_teacher", "--role", role, "--data", "data", "--out", "models/t.pt",
+            "--live", "dvclive/t", "--tb", "runs/t",
+        )  # fmt: skip
+    line = one_line_error(stage(repo, params, *args))
+    assert line == (
+        "error: run.state_dir = '/dev/null/x': cannot be created or written (Not a directory); "
+        "choose another folder, or null to train without saving state"
+    )
+    assert not (repo / "dvclive").exists() and not (repo / "runs").exists()
+    assert not (repo / "models" / "student.pt").exists() and not (repo / "models" / "t.pt").exists()
+
+
 def sigterm_distill(repo, params: dict, timeout: float) -> tuple[int, str]:
     """Run the distill stage in ``repo`` with ``params``, SIGTERM it once its first training state
     is saved (training is under way), and return its exit code and stderr."""

@@ -32,6 +32,7 @@ from bmtard.config.dataset_table import DatasetSpec, dataset
 from bmtard.config.params import DataConfig
 from bmtard.core.errors import DataError
 from bmtard.core.io import sha256_file
+from bmtard.core.paths import from_project
 from bmtard.data import tiny_imagenet_files as tif
 from bmtard.data.cifar_files import read_batches, read_class_names
 from bmtard.data.splits import Split, save_split
@@ -119,23 +120,6 @@ def balanced_indices(
             )
         keep.append(have[:want])
     return np.sort(np.concatenate(keep))
-
-
-#: where DVC runs a queued or temporary experiment: a copy of the project at <project>/DVC_TEMP/<id>
-DVC_TEMP = (".dvc", "tmp", "exps")
-
-
-def from_project(path: Path, cwd: Path | None = None) -> Path:
-    """A relative path as the user wrote it, from the project folder, also inside a DVC queue's
-    temporary copy (which holds only what git tracks, so ``../elsewhere/...`` would point beside
-    the copy instead of beside the project)."""
-    if path.is_absolute():
-        return path
-    parts = (cwd or Path.cwd()).resolve().parts
-    for i in range(len(parts) - len(DVC_TEMP)):
-        if parts[i : i + len(DVC_TEMP)] == DVC_TEMP:
-            return Path(*parts[:i]) / path
-    return path
 
 
 def locate_local_root(local_root: str, folder: str) -> Path:

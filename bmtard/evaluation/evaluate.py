@@ -23,7 +23,6 @@ import argparse
 import csv
 import io
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from bmtard.config import attack_table, dataset_table
 from bmtard.config.params import EvaluateConfig, load_params, parse_params, to_dict
 from bmtard.core.errors import BmtardError, ParamsError
 from bmtard.core.io import sha256_file, write_atomic, write_json
+from bmtard.core.paths import writable_folder
 from bmtard.core.provenance import code_version
 from bmtard.data.splits import Split, load_manifest, load_split
 from bmtard.evaluation.accuracy import percent
@@ -149,18 +149,7 @@ def fail_if_asked(ev: Evaluation, cfg: EvaluateConfig) -> None:
 
 def check_resume_dir(cfg: EvaluateConfig) -> None:
     """Fail before any work if ``evaluate.resume_dir`` cannot be created or written."""
-    if cfg.resume_dir is None:
-        return
-    folder = Path(cfg.resume_dir)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not os.access(folder, os.W_OK):
-            raise PermissionError(13, "not writable")
-    except OSError as e:
-        raise ParamsError(
-            f"evaluate.resume_dir = {cfg.resume_dir!r}: cannot be created or written "
-            f"({e.strerror or e}); choose another folder, or null to evaluate without resuming"
-        ) from None
+    writable_folder(cfg.resume_dir, "evaluate.resume_dir", ", or null to evaluate without resuming")
 
 
 def evaluate_teacher(

@@ -35,7 +35,7 @@ from bmtard.runtime.execution import Execution
 from bmtard.training.loop import Method
 from bmtard.training.schedule import lr_factor
 from bmtard.training.selection import Selection
-from bmtard.training.stage import Outputs, train_and_save
+from bmtard.training.stage import Outputs, check_state_dir, train_and_save
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,7 @@ def run_distill(
     """Train a ``cfg.arch`` student with ``cfg.method``; save the selected epoch to
     ``outputs.model``. A teacher path is read only if the method learns from that teacher. Nulls
     in ``cfg`` take the method's and the data's dataset's values (``DistillConfig.resolved``)."""
+    check_state_dir(run)
     cfg = cfg.resolved(data.dataset)
     ex = Execution.from_config(run, device)
     paths = {CLEAN: clean_teacher, ROBUST: robust_teacher}

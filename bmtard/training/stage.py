@@ -25,6 +25,7 @@ from bmtard.core import distributed
 from bmtard.core.errors import BmtardError
 from bmtard.core.io import digest
 from bmtard.core.outputs import check_free_space, keep_last_good, last_good_copy, restore
+from bmtard.core.paths import from_project, writable_folder
 from bmtard.core.provenance import loaded_code_sha256
 from bmtard.core.stop import StopRequest
 from bmtard.data.loader import Batches
@@ -52,6 +53,17 @@ class Outputs:
     model: Path
     live: Path
     tb: Path
+
+
+def state_root(run: RunConfig) -> Path | None:
+    """``run.state_dir`` from the project folder (``bmtard.core.paths.from_project``: a DVC
+    queue's temporary copy is deleted with its experiment, a killed one too); None: no state."""
+    return None if run.state_dir is None else from_project(run.state_dir)
+
+
+def check_state_dir(run: RunConfig) -> None:
+    """Before any work: ``run.state_dir`` can be created and written (one line if not)."""
+    writable_folder(run.state_dir, "run.state_dir", ", or null to train without saving state")
 
 
 def run_record(run: RunConfig) -> dict:
@@ -109,7 +121,7 @@ def train_and_save(
     stop = StopRequest() if stop is None else stop  # (an unset request is falsy)
     record = dataclasses.replace(record, run=run_record(run))
     key = result_key(section, record)  # before training: later imports must not change it
-    store = StateStore(run.state_dir, section, state_key(key, outputs.model))
+    store = StateStore(state_root(run), section, state_key(key, outputs.model))
     model_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     check_free_space(section, model_bytes, outputs.model, store.stage_dir)
     main = distributed.is_main()  # with several processes, only rank 0 writes
@@ -201,16 +213,17 @@ def finished_before(section: str, outputs: Outputs, record: TrainingRecord, run:
     training state is still saved has not finished."""
     record = dataclasses.replace(record, run=run_record(run))
     key = result_key(section, record)
-    store = StateStore(run.state_dir, section, state_key(key, outputs.model))
+    store = StateStore(state_root(run), section, state_key(key, outputs.model))
     if store.path is not None and store.path.exists():
         return False
     paths = [outputs.model, outputs.live, outputs.tb]
     if all(p.exists() for p in paths) and _key_of(outputs.model) == key:
         log.info("%s: %s is this run's finished result: kept", section, outputs.model)
         return True
-    if run.state_dir is None:
+    root = state_root(run)
+    if root is None:
         return False
-    folder = Path(run.state_dir) / "last-good"
+    folder = root / "last-good"
     copies = [last_good_copy(p, folder) for p in paths]
     if all(c is not None and c.exists() for c in copies) and _key_of(copies[0]) == key:
         restore(paths, folder)
@@ -251,8 +264,9 @@ def write_model(
 
 def finish(outputs: Outputs, run: RunConfig, store: StateStore | None) -> None:
     """The outputs are complete: keep a hard-linked copy of them, then drop the saved state."""
-    if run.state_dir is not None:
-        keep_last_good([outputs.model, outputs.live, outputs.tb], Path(run.state_dir) / "last-good")
+    root = state_root(run)
+    if root is not None:
+        keep_last_good([outputs.model, outputs.live, outputs.tb], root / "last-good")
     if store is not None:
         store.discard()
 

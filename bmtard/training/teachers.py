@@ -22,6 +22,7 @@ from bmtard.models.checkpoint import ModelSpec, TrainingRecord, import_state_dic
 from bmtard.runtime.execution import Execution
 from bmtard.training.stage import (
     Outputs,
+    check_state_dir,
     finish,
     finished_before,
     train_and_save,
@@ -90,6 +91,7 @@ def _teacher(
     stop: StopRequest | None,
     methods: tuple[str, ...],
 ) -> None:
+    check_state_dir(run)
     cfg = cfg.resolved(data.dataset)  # a null arch: the dataset's teacher
     spec = ModelSpec(cfg.arch, cfg.width, data.num_classes)
     role = section.removesuffix("_teacher")
