@@ -29,7 +29,7 @@ from torchvision import datasets as tvd
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
 from bmtard.config.dataset_table import DatasetSpec, dataset
-from bmtard.config.params import DataConfig
+from bmtard.config.params import DataConfig, to_dict
 from bmtard.core.errors import DataError
 from bmtard.core.io import sha256_file
 from bmtard.core.paths import from_project
@@ -169,6 +169,10 @@ def _kept(
     return {"train": train, "val": val}
 
 
+class DownloadFailed(DataError):
+    """The archive could not be fetched (offline, a refused connection, a broken transfer)."""
+
+
 def _download(cfg: DataConfig, archive: Archive, root: Path, holds: str) -> None:
     """Download ``archive`` into ``root`` (unless there with its MD5) and unpack it there.
 
@@ -190,7 +194,7 @@ def _download(cfg: DataConfig, archive: Archive, root: Path, holds: str) -> None
         zipfile.BadZipFile,
     ) as e:
         reason = getattr(e, "reason", None) or e
-        raise DataError(
+        raise DownloadFailed(
             f"cannot download {cfg.dataset} into {root} ({reason}). Without internet, set "
             f"data.local_root in params.yaml to a folder holding {holds}"
         ) from None
@@ -366,6 +370,7 @@ def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
         "splits": {},
         "classes": raw.classes,
         "root": str(raw.folder.parent.resolve() / raw.folder.name),
+        "params": to_dict(cfg),  # the data parameters that made it (bmtard.data.download)
     }
     for split_name, split in raw.splits.items():
         path = out_dir / f"{split_name}.npz"
