@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -228,6 +229,27 @@ def test_state_dir_that_cannot_be_created_stops_before_any_work(prepared, tmp_pa
     )
     assert not (repo / "dvclive").exists() and not (repo / "runs").exists()
     assert not (repo / "models" / "student.pt").exists() and not (repo / "models" / "t.pt").exists()
+
+
+def test_a_diverging_teacher_stops_with_one_line_and_keeps_its_last_good_state(prepared, tmp_path):
+    """lr 100: the loss leaves any sane range (10^4 at the third batch, 10^10 by the second epoch,
+    never inf) and the stage stops as on a NaN, before the state is saved past that batch."""
+    repo = copy_of(prepared, tmp_path)
+    params = tiny_params()
+    params["clean_teacher"]["optim"]["lr"] = 100.0
+    args = (
+        "stages.train_teacher", "--role", "clean", "--method", "bmtard", "--data", "data",
+        "--out", "models/t.pt", "--live", "dvclive/t", "--tb", "runs/t",
+    )  # fmt: skip
+    line = one_line_error(stage(repo, params, *args))
+    assert re.fullmatch(
+        r"error: clean_teacher: epoch 1, batch \d: the loss diverged \([0-9.e+]+, above 2303 = "
+        r"1000 x ln\(10 classes\), run\.divergence_factor\); the state at epoch 1, batch \d "
+        r"\(\S+\) is kept; lower clean_teacher\.optim\.lr \(now 100\)",
+        line,
+    ), line
+    assert not (repo / "models" / "t.pt").exists()
+    assert list(repo.glob(".cache/train/clean_teacher/*.pt"))  # the last good state
 
 
 def sigterm_distill(repo, params: dict, timeout: float) -> tuple[int, str]:

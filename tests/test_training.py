@@ -4,6 +4,7 @@ adversarial training methods, on tiny in-memory data and tiny models (CPU, secon
 import copy
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -32,9 +33,9 @@ from bmtard.models import build_model
 from bmtard.models.checkpoint import ModelSpec, TrainingRecord, load_model
 from bmtard.runtime import device as runtime
 from bmtard.training.distill import run_distill
-from bmtard.training.loop import Parts, fit, make_optimizer
+from bmtard.training.loop import LossLimit, Parts, fit, make_optimizer
 from bmtard.training.selection import Selection
-from bmtard.training.stage import Outputs, train_and_save
+from bmtard.training.stage import Outputs, loss_limit, train_and_save
 from bmtard.training.teachers import train_clean_teacher, train_robust_teacher
 from bmtard.training.tracking import Tracker
 
@@ -213,6 +214,58 @@ def test_fit_reads_the_guard_before_every_save():
         fit(Parts(model, method, ListBatches(), make_optimizer(model, cfg)), cfg, section="s",
             monitor=lambda e: None, on_epoch=lambda e, m: None, saver=saver)  # fmt: skip
     assert saver.saved == [(0, 1), (0, 2), (1, 0)]  # batch 1 and 2 of epoch 1, its end
+
+
+class Losses(Hooks):
+    """Returns the scripted ``losses`` in turn (with the gradient of w, so that SGD steps)."""
+
+    def __init__(self, losses: list[float]) -> None:
+        self.losses = losses
+        self.calls = 0
+
+    def batch_loss(self, model, x, y, rate_factor):
+        value = self.losses[self.calls % len(self.losses)]
+        self.calls += 1
+        loss = model.weight.sum() * 0 + value
+        return loss, {"loss": loss.detach()}
+
+    def status(self):
+        return {}
+
+
+LIMIT = LossLimit(1000 * math.log(10), "1000 x ln(10 classes), run.divergence_factor")
+
+
+def test_a_diverged_loss_stops_like_a_non_finite_one():
+    """A finite loss above the limit (here 1000 x ln 10 = 2303) stops the run at the end of that
+    epoch, with one line that names the step, the value, the rule and the lr to lower."""
+    model, method = _linear(), Losses([2.3, 2.2, 2.0, 8.4e16])
+    cfg = OptimConfig(epochs=3, lr=100.0, momentum=0.0, weight_decay=0.0, milestones=[])
+    seen = []
+    with pytest.raises(TrainingError) as e:
+        fit(Parts(model, method, ListBatches(), make_optimizer(model, cfg)), cfg, section="mine",
+            monitor=lambda e: None, on_epoch=lambda e, m: seen.append(e), limit=LIMIT)  # fmt: skip
+    assert str(e.value) == (
+        "mine: epoch 2, batch 2: the loss diverged (8.4e+16, above 2303 = 1000 x ln(10 classes), "
+        "run.divergence_factor); lower mine.optim.lr (now 100)"
+    )
+    assert seen == [1]
+
+
+def test_a_loss_that_rises_within_the_limit_goes_on():
+    """A loss that rises a hundredfold (e.g. TRADES' KL term growing from 0) is no divergence."""
+    model, method = _linear(), Losses([0.01, 0.1, 1.0, 100.0, 50.0, 2.0])
+    cfg = OptimConfig(epochs=3, lr=0.1, momentum=0.0, weight_decay=0.0, milestones=[])
+    seen = []
+    fit(Parts(model, method, ListBatches(), make_optimizer(model, cfg)), cfg, section="t",
+        monitor=lambda e: None, on_epoch=lambda e, m: seen.append(e), limit=LIMIT)  # fmt: skip
+    assert seen == [1, 2, 3]
+
+
+def test_the_divergence_limit_follows_the_parameter():
+    assert loss_limit(RunConfig(), 10).value == pytest.approx(2302.585, rel=1e-6)
+    assert loss_limit(RunConfig(divergence_factor=10.0), 100).value == pytest.approx(46.0517)
+    assert loss_limit(RunConfig(divergence_factor=None), 10) is None
 
 
 # --------------------------------------------------------------------------- Selection

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,15 @@ from bmtard.data.stage_data import StageData
 from bmtard.evaluation.accuracy import monitor as run_monitor
 from bmtard.models.checkpoint import ModelSpec, TrainingRecord, save_model, saved_record
 from bmtard.runtime.execution import Execution
-from bmtard.training.loop import Method, NoSaver, Parts, Stopped, fit, make_optimizer
+from bmtard.training.loop import (
+    LossLimit,
+    Method,
+    NoSaver,
+    Parts,
+    Stopped,
+    fit,
+    make_optimizer,
+)
 from bmtard.training.schedule import should_monitor
 from bmtard.training.selection import Selection
 from bmtard.training.state import Progress, RandomState, StateStore, TrainingState
@@ -43,7 +52,7 @@ from bmtard.training.tracking import Tracker
 log = logging.getLogger(__name__)
 
 #: run.* keys that change how a run is saved, not what it computes (left out of the state key)
-NOT_IN_KEY = ("save_every_minutes", "state_dir")
+NOT_IN_KEY = ("save_every_minutes", "state_dir", "divergence_factor")
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,16 @@ def state_root(run: RunConfig) -> Path | None:
 def check_state_dir(run: RunConfig) -> None:
     """Before any work: ``run.state_dir`` can be created and written (one line if not)."""
     writable_folder(run.state_dir, "run.state_dir", ", or null to train without saving state")
+
+
+def loss_limit(run: RunConfig, num_classes: int) -> LossLimit | None:
+    """The divergence rule: a loss above ``run.divergence_factor`` x ln(classes), the
+    cross-entropy of a uniform guess (2.3 on 10 classes), stops the run; None when off."""
+    factor = run.divergence_factor
+    if factor is None:
+        return None
+    rule = f"{factor:g} x ln({num_classes} classes), run.divergence_factor"
+    return LossLimit(factor * math.log(max(num_classes, 2)), rule)
 
 
 def run_record(run: RunConfig) -> dict:
@@ -163,7 +182,7 @@ def train_and_save(
         )  # fmt: skip
         fit(
             parts, optim, section=section, monitor=check, on_epoch=on_epoch, start=start,
-            saver=saver, stop=stop,
+            saver=saver, stop=stop, limit=loss_limit(run, data.num_classes),
         )  # fmt: skip
         if not main:
             return sel
