@@ -560,7 +560,9 @@ def test_distill_refuses_teacher_with_other_number_of_classes(tmp_path, data, wh
     run = RunConfig(seed=0, device="cpu")
     with pytest.raises(CheckpointError) as err:
         run_distill(run, _distill_cfg("last"), data, CPU, clean, robust, _outputs(tmp_path, out))
-    assert str(err.value) == f"{bad}: teacher has 5 classes, the data has 10"
+    assert (
+        str(err.value) == f"{bad}: the {which} teacher of 5 classes, and the data has 10 (cifar10)"
+    )
     assert not out.exists()
 
 
