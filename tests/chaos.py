@@ -1,0 +1,384 @@
+"""A chaos driver: run an engine over a grid while SIGKILLing, at random moments, random running
+stage processes (``python -m stages.*``) and now and then the engine itself, then start the same
+command again after each kill, until the grid completes.
+
+When and whom it kills is drawn from a seeded ``random.Random``: the draws are the same on every
+run, the processes they land on depend on how fast the machine is at that moment. Every event
+(start, kill, exit, restart) goes to a journal, one line each with the seconds since the start,
+printed and written to ``<folder>/chaos.log``; each attempt's engine output goes to
+``<folder>/attempt-NN.log``. A failing test names the folder and shows the journal.
+
+What is checked afterwards (by the tests): the same bytes and metrics as an uninterrupted run of
+the same grid, no temporary file left, no teacher trained twice, nothing half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline_helpers import env
+
+
+@dataclass(frozen=True)
+class Process:
+    """A running process of ours: its id, command line and working directory."""
+
+    pid: int
+    argv: tuple[str, ...]
+    cwd: Path
+
+    @property
+    def stage(self) -> str | None:
+        """``stages.distill`` for ``python -m stages.distill ...``, else None."""
+        argv = list(self.argv)
+        if "-m" in argv[:-1] and argv[argv.index("-m") + 1].startswith("stages."):
+            return argv[argv.index("-m") + 1]
+        return None
+
+    def describe(self) -> str:
+        """E.g. ``stages.distill method-sat_seed-1 (pid 123)`` or ``stages.train_teacher
+        --role robust (pid 45)``."""
+        argv, words = list(self.argv), [self.stage or " ".join(self.argv[:3])]
+        for flag in ("--role", "--params"):
+            if flag in argv[:-1]:
+                value = argv[argv.index(flag) + 1]
+                words.append(_experiment(value) if flag == "--params" else f"--role {value}")
+        return " ".join(w for w in words if w) + f" (pid {self.pid})"
+
+
+def _experiment(params_path: str) -> str:
+    """The experiment a stage runs for, from its --params (results/<exp>/params.yaml)."""
+    parts = Path(params_path).parts
+    return parts[-2] if len(parts) >= 3 and parts[-3] == "results" else ""
+
+
+def processes_in(folder: Path) -> list[Process]:
+    """Our processes whose working directory is ``folder`` or inside it (a DVC queue's temporary
+    copies are inside the project), by pid."""
+    folder, uid, found = folder.resolve(), os.getuid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            argv = tuple(a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0") if a)
+            cwd = Path(os.readlink(entry / "cwd"))
+        except (OSError, ValueError):
+            continue  # ended meanwhile, or not ours to read
+        if argv and (cwd == folder or folder in cwd.parents):
+            found.append(Process(int(entry.name), argv, cwd))
+    return sorted(found, key=lambda p: p.pid)
+
+
+def stage_processes(folder: Path) -> list[Process]:
+    """The running stage processes (``python -m stages.*``) of the project in ``folder``."""
+    return [p for p in processes_in(folder) if p.stage is not None]
+
+
+class Journal:
+    """One line per event, with the seconds since the start: printed and appended to a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.start = time.monotonic()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+
+    def __call__(self, text: str) -> None:
+        line = f"{time.monotonic() - self.start:8.1f} s  {text}"
+        print(line, flush=True)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def text(self) -> str:
+        return self.path.read_text()
+
+
+@dataclass
+class Attempt:
+    """One run of the engine's command: when it started and ended, its exit code, the kills."""
+
+    number: int
+    started: float  # time.time()
+    log: Path
+    returncode: int | None = None
+    kills: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One kill as drawn: after how many seconds, at what (``ENGINE_ALONE``, ``ENGINE_GROUP``
+    or ``STAGE``), and for a stage which of those running (its index: ``pick`` x their
+    number)."""
+
+    delay: float
+    target: str
+    pick: float
+
+
+STAGE, ENGINE_ALONE, ENGINE_GROUP = "stage", "engine alone", "engine and its jobs"
+
+
+@dataclass
+class Chaos:
+    """The draws and the record of one chaos run over the project in ``repo``.
+
+    ``delay``: seconds (uniform) from the moment a stage process runs after a start or a kill to
+    the next kill (so that a stage may finish before it: the stages of the tiny grid take 5 to
+    30 s); ``engine_share``: the share of kills aimed at the engine itself; ``kills``: how many
+    to send in all."""
+
+    repo: Path
+    folder: Path
+    seed: int
+    kills: int
+    delay: tuple[float, float] = (1.0, 30.0)
+    engine_share: float = 0.15
+    deadline_s: float = 3600.0
+    plan: list[Planned] = field(init=False)
+    journal: Journal = field(init=False)
+    attempts: list[Attempt] = field(default_factory=list)
+    sent: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.plan = draw(self.seed, self.kills, self.delay, self.engine_share)
+        self.journal = Journal(self.folder / "chaos.log")
+        self.journal(f"chaos in {self.repo}: seed {self.seed}, {self.kills} kills planned:")
+        for i, p in enumerate(self.plan, 1):
+            self.journal(f"  plan {i}: {p.target} after {p.delay:.1f} s (pick {p.pick:.2f})")
+
+    @property
+    def next(self) -> Planned | None:
+        """The next kill of the plan (the one not yet sent), or None when all were sent."""
+        return self.plan[len(self.sent)] if len(self.sent) < len(self.plan) else None
+
+    # ------------------------------------------------------------------ processes
+
+    def start(self, cmd: list[str], note: str = "") -> subprocess.Popen:
+        """Start the engine's command in a session of its own, its output to an attempt log."""
+        attempt = Attempt(len(self.attempts) + 1, time.time(), self.folder / "x")
+        attempt.log = self.folder / f"attempt-{attempt.number:02d}.log"
+        self.attempts.append(attempt)
+        self.journal(f"start attempt {attempt.number}{note}: {' '.join(_short(cmd))}")
+        out = open(attempt.log, "w")  # noqa: SIM115 (closed with the process, in ``ended``)
+        proc = subprocess.Popen(
+            cmd, cwd=self.repo, env=env(), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        proc.out = out  # type: ignore[attr-defined]
+        return proc
+
+    def ended(self, proc: subprocess.Popen) -> int:
+        """Wait for ``proc`` (the current attempt's engine); record and return its exit code."""
+        rc = proc.wait()
+        proc.out.close()  # type: ignore[attr-defined]
+        self.attempts[-1].returncode = rc
+        self.journal(f"attempt {self.attempts[-1].number} ended: exit {rc}")
+        return rc
+
+    def sleep(self, proc: subprocess.Popen, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True if ``proc`` ended meanwhile."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if proc.poll() is not None:
+                return True
+            time.sleep(0.1)
+        return proc.poll() is not None
+
+    def sleep_after_a_stage_started(self, proc: subprocess.Popen, seconds: float) -> bool:
+        """Wait until a stage process runs (the engine's own start-up is not what is tested),
+        then sleep up to ``seconds``; True if ``proc`` ended meanwhile."""
+        while not stage_processes(self.repo):
+            if self.sleep(proc, 0.2):
+                return True
+        return self.sleep(proc, seconds)
+
+    def wait_for_no_stages(self, timeout: float = 900.0) -> None:
+        """Wait until no stage process of the project runs (orphans of a killed engine)."""
+        start, end = time.monotonic(), time.monotonic() + timeout
+        orphans = [p.describe() for p in stage_processes(self.repo)]
+        while (left := stage_processes(self.repo)) and time.monotonic() < end:
+            time.sleep(0.2)
+        if left:
+            raise AssertionError(f"stage processes still running: {left}")
+        if orphans:
+            waited = time.monotonic() - start
+            self.journal(f"  waited {waited:.0f} s for the orphaned {', '.join(orphans)} to end")
+
+    def kill(self, pid: int, what: str, group: bool = False) -> None:
+        """SIGKILL ``pid`` (its whole process group with ``group``), journaled and counted."""
+        try:
+            os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            self.journal(f"  {what} had ended already: not counted")
+            return
+        self.sent.append(what)
+        self.attempts[-1].kills.append(what)
+        self.journal(f"kill {len(self.sent)}/{self.kills}: SIGKILL {what}")
+
+    def pick_stage(self, proc: subprocess.Popen, pick: float) -> Process | None:
+        """The running stage process at ``pick`` (0 to 1) of those running, by pid, waiting up to
+        5 s for one to run (None if none did or the engine ended)."""
+        end = time.monotonic() + 5.0
+        while time.monotonic() < end and proc.poll() is None:
+            running = stage_processes(self.repo)
+            if running:
+                return running[min(int(pick * len(running)), len(running) - 1)]
+            time.sleep(0.2)
+        return None
+
+    def over_time(self) -> None:
+        if self.journal.elapsed() > self.deadline_s:
+            raise AssertionError(f"chaos ran past {self.deadline_s:.0f} s\n{self.journal.text()}")
+
+    # ------------------------------------------------------------------ summaries
+
+    def engine_kills(self) -> int:
+        return sum(1 for k in self.sent if k.startswith(("snakemake", "dvc")))
+
+    def summary(self) -> str:
+        engine = self.engine_kills()
+        return (
+            f"{len(self.sent)} kills ({engine} of the engine) in {len(self.attempts)} attempts, "
+            f"{self.journal.elapsed():.0f} s; seed {self.seed}; journal {self.journal.path}"
+        )
+
+
+def draw(seed: int, kills: int, delay: tuple[float, float], engine_share: float) -> list[Planned]:
+    """The seeded plan: for each kill, its delay (uniform in ``delay``), its target (the engine
+    with probability ``engine_share``, alone or with its jobs at even odds; else a stage) and
+    the pick among the running stages."""
+    rng = random.Random(seed)
+    plan = []
+    for _ in range(kills):
+        wait, at_engine, alone, pick = rng.uniform(*delay), rng.random(), rng.random(), rng.random()
+        target = (
+            STAGE if at_engine >= engine_share else ENGINE_ALONE if alone < 0.5 else ENGINE_GROUP
+        )
+        plan.append(Planned(wait, target, pick))
+    return plan
+
+
+def _short(cmd: list[str]) -> list[str]:
+    """A command with its program's folder left out (the virtual environment's bin/)."""
+    return [Path(cmd[0]).name, *cmd[1:]]
+
+
+# ---------------------------------------------------------------------- Snakemake
+
+
+def snakemake_chaos(chaos: Chaos, cmd: list[str], on_attempt=None) -> None:
+    """Run ``cmd`` (Snakemake, with --rerun-incomplete) until it succeeds, sending
+    ``chaos.kills`` SIGKILLs on the way: to a stage process (Snakemake then waits for its other
+    jobs and exits non-zero), to Snakemake alone (its running jobs go on as orphans: the same
+    command is started once they ended, as it would be refused while they hold the project), or
+    to Snakemake with its jobs (a node going down). ``on_attempt(attempt)`` runs after each
+    attempt, once no stage process runs."""
+    while True:
+        chaos.over_time()
+        proc = chaos.start(cmd)
+        while proc.poll() is None and (planned := chaos.next) is not None:
+            if chaos.sleep_after_a_stage_started(proc, planned.delay):
+                break
+            if planned.target != STAGE:
+                alone = planned.target == ENGINE_ALONE
+                what = "snakemake alone" if alone else "snakemake and its jobs"
+                chaos.kill(proc.pid, f"{what} (pid {proc.pid})", group=not alone)
+                break
+            victim = chaos.pick_stage(proc, planned.pick)
+            if victim is None:
+                continue
+            chaos.kill(victim.pid, victim.describe())
+            break  # Snakemake fails once its other running jobs end: the same command then
+        rc = chaos.ended(proc)
+        chaos.wait_for_no_stages()
+        if on_attempt is not None:
+            on_attempt(chaos.attempts[-1])
+        if rc == 0:
+            return
+        if not chaos.attempts[-1].kills:
+            tail = chaos.attempts[-1].log.read_text()[-6000:]
+            raise AssertionError(f"attempt failed without a kill:\n{tail}\n{chaos.journal.text()}")
+
+
+# ---------------------------------------------------------------------- DVC's queue
+
+QUEUE_ROW = re.compile(r"^[0-9a-f]{7}\s+(\S+)\s+.*\s(Queued|Running|Success|Failed)\s*$")
+
+
+def queue_status(repo: Path, dvc: str) -> dict[str, set[str]]:
+    """``dvc queue status``: experiment name -> the states of its entries (a failed entry stays
+    listed beside the one queued again)."""
+    out = subprocess.run(
+        [dvc, "queue", "status"], cwd=repo, env=env(), capture_output=True, text=True, timeout=300
+    ).stdout
+    states: dict[str, set[str]] = {}
+    for line in out.splitlines():
+        m = QUEUE_ROW.match(line)
+        if m:
+            states.setdefault(m.group(1), set()).add(m.group(2))
+    return states
+
+
+def queue(repo: Path, dvc: str, name: str, values: dict[str, object]) -> None:
+    """``dvc exp run --queue -n NAME -S key=value ...``."""
+    sets = [a for k, v in values.items() for a in ("-S", f"{k}={v}")]
+    proc = subprocess.run(
+        [dvc, "exp", "run", "--queue", "-n", name, *sets], cwd=repo, env=env(),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise AssertionError(f"queueing {name} failed:\n{proc.stdout}\n{proc.stderr}")
+
+
+def _queued(copy: Path) -> str:
+    """Which experiment a DVC queue's temporary copy runs: its folder and its values."""
+    try:
+        params = yaml.safe_load((copy / "params.yaml").read_text())
+        return f"{copy.name} (method {params['distill']['method']}, seed {params['run']['seed']})"
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return copy.name
+
+
+def dvc_queue_chaos(chaos: Chaos, dvc: str, grid: dict[str, dict[str, object]]) -> None:
+    """Queue every experiment of ``grid`` (name -> values) and run the queue with ``dvc exp run
+    --run-all`` until every one succeeded, sending ``chaos.kills`` SIGKILLs on the way: to a
+    stage process (its experiment fails; DVC's worker goes on with the next one) or to ``dvc exp
+    run --run-all`` itself (its worker goes on in the background). Before each start, each
+    experiment that neither succeeded nor waits nor runs is queued again under its name (DVC's
+    queue does not retry a failed experiment); its stages resume from their saved state."""
+    for name, values in grid.items():
+        queue(chaos.repo, dvc, name, values)
+    while True:
+        chaos.over_time()
+        states = queue_status(chaos.repo, dvc)
+        again = [n for n in grid if not states.get(n, set()) & {"Success", "Queued", "Running"}]
+        if not again and all("Success" in states.get(n, set()) for n in grid):
+            return
+        for name in again:
+            queue(chaos.repo, dvc, name, grid[name])
+        note = f" (queued again: {', '.join(again)})" if again else ""
+        proc = chaos.start([dvc, "exp", "run", "--run-all"], note)
+        while proc.poll() is None and (planned := chaos.next) is not None:
+            if chaos.sleep_after_a_stage_started(proc, planned.delay):
+                break
+            if planned.target != STAGE:  # its worker, not its child, runs the experiments
+                chaos.kill(proc.pid, f"dvc exp run --run-all (pid {proc.pid})")
+                break
+            victim = chaos.pick_stage(proc, planned.pick)
+            if victim is not None:
+                chaos.kill(victim.pid, f"{victim.describe()} in {_queued(victim.cwd)}")
+        chaos.ended(proc)
