@@ -20,6 +20,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,22 +190,22 @@ class Chaos:
         self.journal(f"attempt {self.attempts[-1].number} ended: exit {rc}")
         return rc
 
-    def sleep(self, proc: subprocess.Popen, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True if ``proc`` ended meanwhile."""
+    def sleep(self, over: Callable[[], bool], seconds: float) -> bool:
+        """Sleep up to ``seconds``; True (at once) when ``over()`` (e.g. the engine ended)."""
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            if proc.poll() is not None:
+            if over():
                 return True
             time.sleep(0.1)
-        return proc.poll() is not None
+        return over()
 
-    def sleep_after_a_stage_started(self, proc: subprocess.Popen, seconds: float) -> bool:
+    def sleep_after_a_stage_started(self, over: Callable[[], bool], seconds: float) -> bool:
         """Wait until a stage process runs (the engine's own start-up is not what is tested),
-        then sleep up to ``seconds``; True if ``proc`` ended meanwhile."""
+        then sleep up to ``seconds``; True (at once) when ``over()``."""
         while not stage_processes(self.repo):
-            if self.sleep(proc, 0.2):
+            if self.sleep(over, 0.2):
                 return True
-        return self.sleep(proc, seconds)
+        return self.sleep(over, seconds)
 
     def wait_for_no_stages(self, timeout: float = 900.0) -> None:
         """Wait until no stage process of the project runs (orphans of a killed engine)."""
@@ -229,16 +230,28 @@ class Chaos:
         self.attempts[-1].kills.append(what)
         self.journal(f"kill {len(self.sent)}/{self.kills}: SIGKILL {what}")
 
-    def pick_stage(self, proc: subprocess.Popen, pick: float) -> Process | None:
+    def pick_stage(self, over: Callable[[], bool], pick: float) -> Process | None:
         """The running stage process at ``pick`` (0 to 1) of those running, by pid, waiting up to
-        5 s for one to run (None if none did or the engine ended)."""
+        5 s for one to run (None if none did, or when ``over()``)."""
         end = time.monotonic() + 5.0
-        while time.monotonic() < end and proc.poll() is None:
+        while time.monotonic() < end and not over():
             running = stage_processes(self.repo)
             if running:
                 return running[min(int(pick * len(running)), len(running) - 1)]
             time.sleep(0.2)
         return None
+
+    def kill_a_stage(self, over: Callable[[], bool], planned: Planned, where=None) -> bool:
+        """The planned kill of a stage, once one has run ``planned.delay`` seconds; False when
+        ``over()`` first or no stage ran. ``where(process)`` adds to its description."""
+        if self.sleep_after_a_stage_started(over, planned.delay):
+            return False
+        victim = self.pick_stage(over, planned.pick)
+        if victim is None:
+            return False
+        extra = f" in {where(victim)}" if where is not None else ""
+        self.kill(victim.pid, victim.describe() + extra)
+        return True
 
     def over_time(self) -> None:
         if self.journal.elapsed() > self.deadline_s:
@@ -272,6 +285,11 @@ def draw(seed: int, kills: int, delay: tuple[float, float], engine_share: float)
     return plan
 
 
+def _ended(proc: subprocess.Popen) -> Callable[[], bool]:
+    """Whether ``proc`` has ended, as a predicate for the waits."""
+    return lambda: proc.poll() is not None
+
+
 def _short(cmd: list[str]) -> list[str]:
     """A command with its program's folder left out (the virtual environment's bin/)."""
     return [Path(cmd[0]).name, *cmd[1:]]
@@ -290,19 +308,18 @@ def snakemake_chaos(chaos: Chaos, cmd: list[str], on_attempt=None) -> None:
     while True:
         chaos.over_time()
         proc = chaos.start(cmd)
-        while proc.poll() is None and (planned := chaos.next) is not None:
-            if chaos.sleep_after_a_stage_started(proc, planned.delay):
-                break
-            if planned.target != STAGE:
-                alone = planned.target == ENGINE_ALONE
-                what = "snakemake alone" if alone else "snakemake and its jobs"
-                chaos.kill(proc.pid, f"{what} (pid {proc.pid})", group=not alone)
-                break
-            victim = chaos.pick_stage(proc, planned.pick)
-            if victim is None:
+        ended = _ended(proc)
+        while not ended() and (planned := chaos.next) is not None:
+            if planned.target == STAGE:
+                if chaos.kill_a_stage(ended, planned):
+                    break  # Snakemake fails once its other running jobs end: the same command then
                 continue
-            chaos.kill(victim.pid, victim.describe())
-            break  # Snakemake fails once its other running jobs end: the same command then
+            if chaos.sleep_after_a_stage_started(ended, planned.delay):
+                break
+            alone = planned.target == ENGINE_ALONE
+            what = "snakemake alone" if alone else "snakemake and its jobs"
+            chaos.kill(proc.pid, f"{what} (pid {proc.pid})", group=not alone)
+            break
         rc = chaos.ended(proc)
         chaos.wait_for_no_stages()
         if on_attempt is not None:
@@ -357,13 +374,16 @@ def dvc_queue_chaos(chaos: Chaos, dvc: str, grid: dict[str, dict[str, object]]) 
     """Queue every experiment of ``grid`` (name -> values) and run the queue with ``dvc exp run
     --run-all`` until every one succeeded, sending ``chaos.kills`` SIGKILLs on the way: to a
     stage process (its experiment fails; DVC's worker goes on with the next one) or to ``dvc exp
-    run --run-all`` itself (its worker goes on in the background). Before each start, each
+    run --run-all`` itself (its worker goes on in the background, and a copy of it that started
+    the worker holds DVC's lock until the worker has emptied the queue: the same command is
+    refused until then, while stages are still killed as planned). Before each start, each
     experiment that neither succeeded nor waits nor runs is queued again under its name (DVC's
     queue does not retry a failed experiment); its stages resume from their saved state."""
     for name, values in grid.items():
         queue(chaos.repo, dvc, name, values)
     while True:
         chaos.over_time()
+        wait_for_dvc_lock(chaos)
         states = queue_status(chaos.repo, dvc)
         again = [n for n in grid if not states.get(n, set()) & {"Success", "Queued", "Running"}]
         if not again and all("Success" in states.get(n, set()) for n in grid):
@@ -372,13 +392,40 @@ def dvc_queue_chaos(chaos: Chaos, dvc: str, grid: dict[str, dict[str, object]]) 
             queue(chaos.repo, dvc, name, grid[name])
         note = f" (queued again: {', '.join(again)})" if again else ""
         proc = chaos.start([dvc, "exp", "run", "--run-all"], note)
-        while proc.poll() is None and (planned := chaos.next) is not None:
-            if chaos.sleep_after_a_stage_started(proc, planned.delay):
+        ended = _ended(proc)
+        while not ended() and (planned := chaos.next) is not None:
+            if planned.target == STAGE:
+                chaos.kill_a_stage(ended, planned, lambda p: _queued(p.cwd))
+                continue
+            if chaos.sleep_after_a_stage_started(ended, planned.delay):
                 break
-            if planned.target != STAGE:  # its worker, not its child, runs the experiments
-                chaos.kill(proc.pid, f"dvc exp run --run-all (pid {proc.pid})")
-                break
-            victim = chaos.pick_stage(proc, planned.pick)
-            if victim is not None:
-                chaos.kill(victim.pid, f"{victim.describe()} in {_queued(victim.cwd)}")
+            chaos.kill(proc.pid, f"dvc exp run --run-all (pid {proc.pid})")
+            break
         chaos.ended(proc)
+
+
+def wait_for_dvc_lock(chaos: Chaos) -> None:
+    """Wait until no ``dvc exp run --run-all`` process of the project runs: after one was
+    killed, the copy of it that started DVC's queue worker stays (until the worker ends) and
+    holds DVC's lock, so DVC refuses every command that takes it. Planned stage kills go on
+    meanwhile (an engine kill waits for the engine)."""
+
+    def holder() -> list[Process]:
+        return [p for p in processes_in(chaos.repo) if "--run-all" in p.argv]
+
+    start, waiting = time.monotonic(), holder()
+    if not waiting:
+        return
+    pids = ", ".join(str(p.pid) for p in waiting)
+    chaos.journal(
+        f"  a copy of dvc exp run --run-all still runs until DVC's queue worker ends (pid {pids}; "
+        "after a kill it holds DVC's lock): waiting for it"
+    )
+    free = lambda: not holder()  # noqa: E731
+    while not free():
+        planned = chaos.next
+        if planned is not None and planned.target == STAGE:
+            chaos.kill_a_stage(free, planned, lambda p: _queued(p.cwd))
+        else:
+            chaos.sleep(free, 3600)
+    chaos.journal(f"  DVC's lock is free after {time.monotonic() - start:.0f} s")
