@@ -121,10 +121,11 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Planned:
-    """One kill as drawn: after how many seconds, at what (``ENGINE_ALONE``, ``ENGINE_GROUP``
-    or ``STAGE``), and for a stage which of those running (its index: ``pick`` x their
-    number)."""
+    """One kill as drawn: its number in the plan, after how many seconds, at what
+    (``ENGINE_ALONE``, ``ENGINE_GROUP`` or ``STAGE``), and for a stage which of those running
+    (its index: ``pick`` x their number)."""
 
+    number: int
     delay: float
     target: str
     pick: float
@@ -137,34 +138,39 @@ STAGE, ENGINE_ALONE, ENGINE_GROUP = "stage", "engine alone", "engine and its job
 class Chaos:
     """The draws and the record of one chaos run over the project in ``repo``.
 
-    ``delay``: seconds (uniform) from the moment a stage process runs after a start or a kill to
-    the next kill (so that a stage may finish before it: the stages of the tiny grid take 5 to
-    30 s); ``engine_share``: the share of kills aimed at the engine itself; ``kills``: how many
-    to send in all."""
+    ``mean_delay``: the mean of the (exponential) seconds from the moment a stage process runs
+    after a start or a kill to the next kill: kills at random moments, most of them soon, some
+    deep into a stage (the stages of the tiny grid take 5 to 30 s); ``engine_share``: the share
+    of kills aimed at the engine itself; ``kills``: how many the plan holds. A run may end before
+    the last ones are sent (the tests require a minimum)."""
 
     repo: Path
     folder: Path
     seed: int
     kills: int
-    delay: tuple[float, float] = (1.0, 30.0)
+    mean_delay: float = 6.0
     engine_share: float = 0.15
     deadline_s: float = 3600.0
     plan: list[Planned] = field(init=False)
     journal: Journal = field(init=False)
     attempts: list[Attempt] = field(default_factory=list)
     sent: list[str] = field(default_factory=list)
+    used: set[int] = field(default_factory=set)  # the plan's numbers sent
 
     def __post_init__(self) -> None:
-        self.plan = draw(self.seed, self.kills, self.delay, self.engine_share)
+        self.plan = draw(self.seed, self.kills, self.mean_delay, self.engine_share)
         self.journal = Journal(self.folder / "chaos.log")
         self.journal(f"chaos in {self.repo}: seed {self.seed}, {self.kills} kills planned:")
-        for i, p in enumerate(self.plan, 1):
-            self.journal(f"  plan {i}: {p.target} after {p.delay:.1f} s (pick {p.pick:.2f})")
+        for p in self.plan:
+            self.journal(f"  plan {p.number}: {p.target} after {p.delay:.1f} s (pick {p.pick:.2f})")
 
-    @property
-    def next(self) -> Planned | None:
-        """The next kill of the plan (the one not yet sent), or None when all were sent."""
-        return self.plan[len(self.sent)] if len(self.sent) < len(self.plan) else None
+    def next(self, stages_only: bool = False) -> Planned | None:
+        """The first kill of the plan not yet sent (with ``stages_only``, the first such kill of
+        a stage: while no engine runs to be killed), or None."""
+        for p in self.plan:
+            if p.number not in self.used and (p.target == STAGE or not stages_only):
+                return p
+        return None
 
     # ------------------------------------------------------------------ processes
 
@@ -219,16 +225,18 @@ class Chaos:
             waited = time.monotonic() - start
             self.journal(f"  waited {waited:.0f} s for the orphaned {', '.join(orphans)} to end")
 
-    def kill(self, pid: int, what: str, group: bool = False) -> None:
-        """SIGKILL ``pid`` (its whole process group with ``group``), journaled and counted."""
+    def kill(self, planned: Planned, pid: int, what: str, group: bool = False) -> None:
+        """Send the ``planned`` kill: SIGKILL ``pid`` (its whole process group with ``group``),
+        journaled and counted."""
         try:
             os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             self.journal(f"  {what} had ended already: not counted")
             return
         self.sent.append(what)
+        self.used.add(planned.number)
         self.attempts[-1].kills.append(what)
-        self.journal(f"kill {len(self.sent)}/{self.kills}: SIGKILL {what}")
+        self.journal(f"kill {len(self.sent)} (plan {planned.number}): SIGKILL {what}")
 
     def pick_stage(self, over: Callable[[], bool], pick: float) -> Process | None:
         """The running stage process at ``pick`` (0 to 1) of those running, by pid, waiting up to
@@ -250,7 +258,7 @@ class Chaos:
         if victim is None:
             return False
         extra = f" in {where(victim)}" if where is not None else ""
-        self.kill(victim.pid, victim.describe() + extra)
+        self.kill(planned, victim.pid, victim.describe() + extra)
         return True
 
     def over_time(self) -> None:
@@ -270,18 +278,19 @@ class Chaos:
         )
 
 
-def draw(seed: int, kills: int, delay: tuple[float, float], engine_share: float) -> list[Planned]:
-    """The seeded plan: for each kill, its delay (uniform in ``delay``), its target (the engine
-    with probability ``engine_share``, alone or with its jobs at even odds; else a stage) and
-    the pick among the running stages."""
+def draw(seed: int, kills: int, mean_delay: float, engine_share: float) -> list[Planned]:
+    """The seeded plan: for each kill, its delay (exponential with mean ``mean_delay``, at least
+    0.5 s and at most 120 s), its target (the engine with probability ``engine_share``, alone
+    or with its jobs at even odds; else a stage) and the pick among the running stages."""
     rng = random.Random(seed)
     plan = []
-    for _ in range(kills):
-        wait, at_engine, alone, pick = rng.uniform(*delay), rng.random(), rng.random(), rng.random()
+    for number in range(1, kills + 1):
+        wait = min(max(rng.expovariate(1 / mean_delay), 0.5), 120.0)
+        at_engine, alone, pick = rng.random(), rng.random(), rng.random()
         target = (
             STAGE if at_engine >= engine_share else ENGINE_ALONE if alone < 0.5 else ENGINE_GROUP
         )
-        plan.append(Planned(wait, target, pick))
+        plan.append(Planned(number, wait, target, pick))
     return plan
 
 
@@ -309,7 +318,7 @@ def snakemake_chaos(chaos: Chaos, cmd: list[str], on_attempt=None) -> None:
         chaos.over_time()
         proc = chaos.start(cmd)
         ended = _ended(proc)
-        while not ended() and (planned := chaos.next) is not None:
+        while not ended() and (planned := chaos.next()) is not None:
             if planned.target == STAGE:
                 if chaos.kill_a_stage(ended, planned):
                     break  # Snakemake fails once its other running jobs end: the same command then
@@ -318,7 +327,7 @@ def snakemake_chaos(chaos: Chaos, cmd: list[str], on_attempt=None) -> None:
                 break
             alone = planned.target == ENGINE_ALONE
             what = "snakemake alone" if alone else "snakemake and its jobs"
-            chaos.kill(proc.pid, f"{what} (pid {proc.pid})", group=not alone)
+            chaos.kill(planned, proc.pid, f"{what} (pid {proc.pid})", group=not alone)
             break
         rc = chaos.ended(proc)
         chaos.wait_for_no_stages()
@@ -393,13 +402,13 @@ def dvc_queue_chaos(chaos: Chaos, dvc: str, grid: dict[str, dict[str, object]]) 
         note = f" (queued again: {', '.join(again)})" if again else ""
         proc = chaos.start([dvc, "exp", "run", "--run-all"], note)
         ended = _ended(proc)
-        while not ended() and (planned := chaos.next) is not None:
+        while not ended() and (planned := chaos.next()) is not None:
             if planned.target == STAGE:
                 chaos.kill_a_stage(ended, planned, lambda p: _queued(p.cwd))
                 continue
             if chaos.sleep_after_a_stage_started(ended, planned.delay):
                 break
-            chaos.kill(proc.pid, f"dvc exp run --run-all (pid {proc.pid})")
+            chaos.kill(planned, proc.pid, f"dvc exp run --run-all (pid {proc.pid})")
             break
         chaos.ended(proc)
 
@@ -408,7 +417,7 @@ def wait_for_dvc_lock(chaos: Chaos) -> None:
     """Wait until no ``dvc exp run --run-all`` process of the project runs: after one was
     killed, the copy of it that started DVC's queue worker stays (until the worker ends) and
     holds DVC's lock, so DVC refuses every command that takes it. Planned stage kills go on
-    meanwhile (an engine kill waits for the engine)."""
+    meanwhile (the plan's kills of the engine wait for the engine to run again)."""
 
     def holder() -> list[Process]:
         return [p for p in processes_in(chaos.repo) if "--run-all" in p.argv]
@@ -423,8 +432,8 @@ def wait_for_dvc_lock(chaos: Chaos) -> None:
     )
     free = lambda: not holder()  # noqa: E731
     while not free():
-        planned = chaos.next
-        if planned is not None and planned.target == STAGE:
+        planned = chaos.next(stages_only=True)  # the engine's kills wait for the engine
+        if planned is not None:
             chaos.kill_a_stage(free, planned, lambda p: _queued(p.cwd))
         else:
             chaos.sleep(free, 3600)

@@ -26,14 +26,14 @@ import shutil
 
 import pytest
 
-from chaos import STAGE, Chaos, dvc_queue_chaos, queue, queue_status
+from chaos import Chaos, dvc_queue_chaos, queue, queue_status
 from chaos_checks import CHAOS, NAMES, leftovers
 from pipeline_helpers import BIN, copy_project, git, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
-SEED = 22  # its plan: 9 kills of a stage, 3 of dvc exp run --run-all
-KILLS = 12  # the issue asks for at least 10
+SEED = 30  # its plan: dvc exp run --run-all at kills 4 and 6, stages at the 12 others
+KILLS = 14  # planned; the queue may be done before the last ones: the issue asks for at least 10
 GRID = {n: v for n, v in NAMES.items() if v["distill.method"] in ("sat", "bmtard")}
 DVC = str(BIN / "dvc")
 
@@ -89,14 +89,13 @@ def reference(repos):
 
 def test_a_queued_grid_survives_random_kills(tmp_path, repos, reference):
     repo = repos[1]
-    chaos = Chaos(repo, tmp_path / "chaos", seed=SEED, kills=KILLS)
+    chaos = Chaos(repo, tmp_path / "chaos", seed=SEED, kills=KILLS, mean_delay=10.0)
     dvc_queue_chaos(chaos, DVC, GRID)
     logs = queue_logs(repo)
     resumed = len(re.findall(r"resuming from ", logs))
     chaos.journal(f"{chaos.summary()}; {resumed} stage(s) resumed from a saved state")
     journal = chaos.journal.text()
-    assert len(chaos.sent) == KILLS >= 10, journal  # every planned kill was sent before the end
-    assert chaos.engine_kills() == sum(p.target != STAGE for p in chaos.plan) == 3, journal
+    assert len(chaos.sent) >= 10 and chaos.engine_kills() == 2, journal
     got = experiments(repo)
     assert sorted(got) == sorted(GRID) == sorted(reference), journal
     for name in GRID:
