@@ -51,7 +51,8 @@ from bmtard.training.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-#: run.* keys that change how a run is saved, not what it computes (left out of the state key)
+#: run.* keys that change how a run is saved, or when it stops as diverged, not what it computes
+#: (left out of the state key and the record)
 NOT_IN_KEY = ("save_every_minutes", "state_dir", "divergence_factor")
 
 
