@@ -21,10 +21,6 @@ from pathlib import Path
 
 import yaml
 
-
-configfile: "params.yaml"
-
-
 sys.path.insert(0, workflow.basedir)  # the bmtard package beside this file
 from bmtard.experiments import grid as grids
 from bmtard.core import project_lock
@@ -32,19 +28,38 @@ from bmtard.config.params import load_params
 from bmtard.core.errors import BmtardError
 from snakemake.exceptions import WorkflowError
 
+
+def stop(message):
+    """A problem the user fixes: our one line, without Snakemake's stack frames, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# validates every parameter (and refuses repeated keys) before Snakemake reads the file and before
+# any job runs: an empty, malformed or wrong params.yaml gives our line, not Snakemake's
+try:
+    load_params(Path(workflow.basedir, "params.yaml"))
+except BmtardError as e:
+    stop(e)
+
+
+configfile: "params.yaml"
+
+
 # from --configfile: the one key that is not in params.yaml
 GRID = config.pop("grid", None)
-# validates every parameter (and refuses repeated keys) before any job runs
-load_params(Path(workflow.basedir, "params.yaml"))
 with open(Path(workflow.basedir, "params.yaml")) as f:
     if yaml.safe_load(f) != config:
-        raise ValueError(
+        stop(
             "params.yaml differs from the Snakemake config: set values in params.yaml "
             "(--configfile may add a grid only)"
         )
-EXPERIMENTS = [] if GRID is None else grids.expand(GRID)
-# each experiment's params, validated before any job
-EXP_PARAMS = {e.name: grids.experiment_params(config, e)[0] for e in EXPERIMENTS}
+try:
+    EXPERIMENTS = [] if GRID is None else grids.expand(GRID)
+    # each experiment's params, validated before any job
+    EXP_PARAMS = {e.name: grids.experiment_params(config, e)[0] for e in EXPERIMENTS}
+except BmtardError as e:
+    stop(e)
 METHODS = (
     ",".join(grids.methods(config, EXPERIMENTS))
     if EXPERIMENTS
@@ -110,6 +125,15 @@ def gpu_stage_threads():
         return 1
 
 
+# a job's output goes to its log; our one-line messages also to the console (Snakemake says only
+# "check log file(s)"): on failure the error or stop line, on success each warning (such as the
+# data put back after a failed download)
+SHELL = (
+    "{params.cmd} > {log} 2>&1 || {{ status=$?; grep -E '^(error|stopped): ' {log} >&2 || true; "
+    "exit $status; }}; grep ' WARNING ' {log} >&2 || true"
+)
+
+
 def snake_outputs(paths):
     return [p if "." in p.rsplit("/", 1)[-1] else directory(p) for p in paths]
 
@@ -157,7 +181,7 @@ onstart:
     try:
         PROJECT_LOCK.append(project_lock.hold_for_run("snakemake"))
     except BmtardError as e:  # before any job; Snakemake releases its own lock
-        raise WorkflowError(f"error: {e}") from None
+        stop(e)
 
 
 def all_outputs():
@@ -202,7 +226,7 @@ for stage_name, stage in STAGES.items():
             # when the job runs, i.e. after the loop, and give the last stage's command
             cmd=interpolate(stage["cmd"]),
         shell:
-            "{params.cmd} > {log} 2>&1"
+            SHELL
 
 
 if EXPERIMENTS:
@@ -248,4 +272,4 @@ if EXPERIMENTS:
                     "{exp}", wc.exp
                 ),
             shell:
-                "{params.cmd} > {log} 2>&1"
+                SHELL

@@ -1,8 +1,9 @@
 """The package's commands: ``python -m bmtard evaluate ...`` (any checkpoint, the pipeline's
 protocol; ``bmtard.evaluation.evaluate``), ``python -m bmtard compare ...`` (every finished run in
 one table and picture; ``bmtard.experiments.compare``) and ``python -m bmtard curves ...`` (a
-run's temperatures and loss weights; ``bmtard.experiments.curves``). ``--help`` after a command
-lists its options."""
+run's temperatures and loss weights; ``bmtard.experiments.curves``) and ``python -m bmtard check``
+(params.yaml and a grid validated, with the stages' one-line message; ``bmtard.experiments.check``).
+``--help`` after a command lists its options."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ def _compare(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _check(argv: Sequence[str]) -> int:
+    from bmtard.experiments.check import main
+
+    return main(argv)
+
+
 def _curves(argv: Sequence[str]) -> int:
     from bmtard.experiments.curves import main
 
@@ -32,6 +39,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "evaluate": _evaluate,
     "compare": _compare,
     "curves": _curves,
+    "check": _check,
 }
 
 

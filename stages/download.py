@@ -1,10 +1,7 @@
 """Stage download: CIFAR-10/100 or Tiny-ImageNet train/test splits as compact .npz files plus a
-manifest (params: data)."""
+manifest (params: data; run.state_dir keeps the last good data)."""
 
-from pathlib import Path
-
-from bmtard.core.io import write_json
-from bmtard.data.datasets import prepare
+from bmtard.data.download import run_download
 from bmtard.runtime.cli import run_stage
 
 
@@ -13,8 +10,7 @@ def add_arguments(p):
 
 
 def main(params, args, stop=None):
-    manifest = prepare(params.data, args.out)
-    write_json(Path(args.out) / "manifest.json", manifest)
+    run_download(params.data, params.run, args.out)
 
 
 if __name__ == "__main__":

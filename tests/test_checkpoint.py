@@ -17,9 +17,12 @@ from bmtard.models.checkpoint import (
     CheckpointInfo,
     ModelSpec,
     TrainingRecord,
+    check_fits_data,
+    check_role,
     extract_state_dict,
     import_state_dict,
     load_model,
+    role_of,
     save_model,
 )
 
@@ -461,3 +464,61 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     _save(path, _model())
     assert sorted(os.listdir(tmp_path)) == sorted(["m.pt", alive.name, other.name])
     assert remove_stale_temporaries(tmp_path / "n.pt") == [other]
+
+
+# --------------------------------------------------------------------------- what a file is
+
+
+def test_a_file_records_its_role_dataset_and_input_size(tmp_path):
+    """New files say what they are; a file without these fields (an older one) still loads, its
+    role taken from its stage (or unknown)."""
+    path = tmp_path / "t.pt"
+    record = TrainingRecord(stage="robust_teacher", role="robust_teacher", dataset="cifar10",
+                            image_size=32)  # fmt: skip
+    _save(path, _model(), record=record)
+    _, info = load_model(path)
+    assert (info.record.role, info.record.dataset, info.record.image_size) == (
+        "robust_teacher", "cifar10", 32,
+    )  # fmt: skip
+    assert role_of(info.record) == "robust_teacher"
+    assert role_of(TrainingRecord(stage="distill")) == "student"  # written before roles
+    assert role_of(TrainingRecord(stage="clean_teacher")) == "clean_teacher"
+    assert role_of(TrainingRecord()) is None  # outside the pipeline
+
+
+def _info(**record) -> CheckpointInfo:
+    return CheckpointInfo(SPEC, "0" * 64, TrainingRecord(**record))
+
+
+def test_a_file_of_another_role_is_refused_in_one_line():
+    clean = _info(stage="clean_teacher", role="clean_teacher")
+    with pytest.raises(CheckpointError) as e:
+        check_role("models/robust_teacher.pt", clean, "robust_teacher")
+    assert str(e.value) == (
+        "models/robust_teacher.pt: holds the clean teacher (its record's role: clean_teacher), "
+        "not the robust teacher; give the robust teacher's file"
+    )
+    with pytest.raises(CheckpointError, match="holds a student .* not the clean teacher"):
+        check_role("s.pt", _info(stage="distill"), "clean_teacher")  # an older student file
+    check_role("m.pt", _info(), "robust_teacher")  # a file that says nothing: taken as given
+    check_role("t.pt", clean, "clean_teacher")
+
+
+@pytest.mark.parametrize(
+    ("record", "classes", "size", "dataset", "message"),
+    [
+        ({}, 200, 64, "tiny_imagenet", "m.pt: the model of 10 classes, and test.npz has 200 "
+         "(tiny_imagenet)"),
+        ({"image_size": 64, "dataset": "x64"}, 10, 32, "cifar10", "m.pt: the model of 64x64 "
+         "images, x64, and test.npz holds 32x32 images (cifar10)"),
+        ({"image_size": 32, "dataset": "other10"}, 10, 32, "cifar10", "m.pt: the model of "
+         "other10, and test.npz holds cifar10"),
+    ],
+)  # fmt: skip
+def test_a_model_for_other_images_is_refused_in_one_line(record, classes, size, dataset, message):
+    with pytest.raises(CheckpointError) as e:
+        check_fits_data("m.pt", _info(**record), where="test.npz", num_classes=classes,
+                        image_size=size, dataset=dataset, what="the model")  # fmt: skip
+    assert str(e.value) == message
+    # what an older file does not record is not checked
+    check_fits_data("m.pt", _info(), where="t", num_classes=10, image_size=64, dataset="x")

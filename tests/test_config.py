@@ -374,8 +374,13 @@ def test_new_run_keys_have_their_documented_defaults():
             "channels_last",
             "compile",
             "processes",
+            "divergence_factor",
         ]
     assert (run.processes, RunConfig().processes) == (1, 1)  # the faithful single process
+    assert (run.divergence_factor, RunConfig().divergence_factor) == (1000.0, 1000.0)
+    assert parse_params(with_value("run.divergence_factor", None)).run.divergence_factor is None
+    with pytest.raises(ParamsError, match=r"run.divergence_factor = 1: must be > 1"):
+        parse_params(with_value("run.divergence_factor", 1))
 
 
 def leaves(cls: type, prefix: str = ""):

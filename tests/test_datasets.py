@@ -518,7 +518,7 @@ def test_good_manifest(tmp_path):
 
 
 def test_relative_local_root_is_from_the_project_also_in_a_dvc_queue_copy(tmp_path):
-    from bmtard.data.datasets import from_project
+    from bmtard.core.paths import from_project
 
     project = tmp_path / "proj"
     copy = project / ".dvc" / "tmp" / "exps" / "tmpab12"

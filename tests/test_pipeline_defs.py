@@ -135,7 +135,11 @@ def test_snakemake_rules_equal_dvc_stages(snake_copy):
         assert job["inputs"] == set(stage["deps"]), name
         cmd = " ".join(stage["cmd"].split()).replace("${distill.method}", method)
         assert "${" not in cmd, name  # a reference this test does not resolve yet
-        assert job["cmd"] == f"{cmd} > logs/{name}.log 2>&1", name
+        log = f"logs/{name}.log"
+        assert job["cmd"] == (  # our one-line messages also to the console (the Snakefile)
+            f"{cmd} > {log} 2>&1 || {{ status=$?; grep -E '^(error|stopped): ' {log} >&2 || true; "
+            f"exit $status; }}; grep ' WARNING ' {log} >&2 || true"
+        ), name
 
 
 def test_snakemake_lint_and_format_are_clean(snake_copy):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import yaml
 from bmtard.config.params import parse_params
 from bmtard.core.io import write_json
 from bmtard.data.datasets import prepare
+from bmtard.models.checkpoint import TrainingRecord, load_model, save_model
 
 from conftest import ROOT, SAMPLE
 from pipeline_helpers import TINY
@@ -207,6 +209,107 @@ def test_resume_dir_that_cannot_be_created_is_one_line(prepared, tmp_path):
         "error: evaluate.resume_dir = 'a_file/state': cannot be created or written"
     )
     assert not (repo / "metrics").exists()
+
+
+@pytest.mark.parametrize("role", ["robust", None])
+def test_state_dir_that_cannot_be_created_stops_before_any_work(prepared, tmp_path, role):
+    """run.state_dir under a file: one line before training (no curves, no model), by the distill
+    stage and by a teacher stage."""
+    repo = copy_of(prepared, tmp_path)
+    params = tiny_params(run={"state_dir": "/dev/null/x"})
+    args = DISTILL
+    if role is not None:
+        args = (
+            "stages.train_teacher", "--role", role, "--data", "data", "--out", "models/t.pt",
+            "--live", "dvclive/t", "--tb", "runs/t",
+        )  # fmt: skip
+    line = one_line_error(stage(repo, params, *args))
+    assert line == (
+        "error: run.state_dir = '/dev/null/x': cannot be created or written (Not a directory); "
+        "choose another folder, or null to train without saving state"
+    )
+    assert not (repo / "dvclive").exists() and not (repo / "runs").exists()
+    assert not (repo / "models" / "student.pt").exists() and not (repo / "models" / "t.pt").exists()
+
+
+def test_a_diverging_teacher_stops_with_one_line_and_keeps_its_last_good_state(prepared, tmp_path):
+    """lr 100: the loss leaves any sane range (10^4 at the third batch, 10^10 by the second epoch,
+    never inf) and the stage stops as on a NaN, before the state is saved past that batch."""
+    repo = copy_of(prepared, tmp_path)
+    params = tiny_params()
+    params["clean_teacher"]["optim"]["lr"] = 100.0
+    args = (
+        "stages.train_teacher", "--role", "clean", "--method", "bmtard", "--data", "data",
+        "--out", "models/t.pt", "--live", "dvclive/t", "--tb", "runs/t",
+    )  # fmt: skip
+    line = one_line_error(stage(repo, params, *args))
+    assert re.fullmatch(
+        r"error: clean_teacher: epoch 1, batch \d: the loss diverged \([0-9.e+]+, above 2303 = "
+        r"1000 x ln\(10 classes\), run\.divergence_factor\); the state at epoch 1, batch \d "
+        r"\(\S+\) is kept; lower clean_teacher\.optim\.lr \(now 100\)",
+        line,
+    ), line
+    assert not (repo / "models" / "t.pt").exists()
+    assert list(repo.glob(".cache/train/clean_teacher/*.pt"))  # the last good state
+
+
+def _as(path, out, **record) -> None:
+    """Save the model in ``path`` again as ``out``, with ``record``."""
+    model, info = load_model(path)
+    save_model(out, info.spec, model.state_dict(), TrainingRecord(**record))
+
+
+EVALUATE = (
+    "stages.evaluate", "--data", "data", "--student", "models/student.pt",
+    "--clean-teacher", "models/clean_teacher.pt", "--robust-teacher", "models/robust_teacher.pt",
+    "--metrics", "metrics/e.json", "--details", "metrics/d.json", "--card", "models/s.card.json",
+    "--plots", "metrics",
+)  # fmt: skip
+
+
+def test_files_are_what_they_claim(prepared, tmp_path):
+    """The clean teacher's file given as the robust teacher, and a student made for 64 x 64
+    images evaluated on 32 x 32 ones: one line each, nothing written."""
+    repo = copy_of(prepared, tmp_path)
+    models = repo / "models"
+    _as(models / "clean_teacher.pt", models / "robust_teacher.pt", role="clean_teacher")
+    line = one_line_error(stage(repo, tiny_params(), *DISTILL))
+    assert line == (
+        "error: models/robust_teacher.pt: holds the clean teacher (its record's role: "
+        "clean_teacher), not the robust teacher; give the robust teacher's file"
+    )
+    assert not (models / "student.pt").exists() and not (repo / "dvclive").exists()
+    student = {"stage": "distill", "role": "student", "dataset": "tiny_imagenet", "image_size": 64}
+    _as(models / "clean_teacher.pt", models / "student.pt", **student)
+    line = one_line_error(stage(repo, tiny_params(), *EVALUATE))
+    assert line == (
+        "error: models/student.pt: the student of 64x64 images, tiny_imagenet, and "
+        "data/test.npz holds 32x32 images (cifar10)"
+    )
+    assert not (repo / "metrics").exists()
+
+
+def test_a_teacher_stage_says_it_replaces_a_trained_teacher_and_keeps_it(prepared, tmp_path):
+    """Run by hand with a method that learns from no clean teacher, the clean teacher's stage
+    writes its placeholder in the trained teacher's place, says so, and keeps the trained one
+    where a method that learns from it takes it back from."""
+    repo = copy_of(prepared, tmp_path)
+    trained = (repo / "models" / "clean_teacher.pt").read_bytes()
+    args = (
+        "stages.train_teacher", "--role", "clean", "--method", "sat", "--data", "data",
+        "--out", "models/clean_teacher.pt", "--live", "dvclive/c", "--tb", "runs/c",
+    )  # fmt: skip
+    proc = stage(repo, tiny_params(), *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kept = ".cache/train/last-good/models/clean_teacher.pt"
+    warned = [ln for ln in proc.stderr.splitlines() if " WARNING " in ln]
+    assert len(warned) == 1 and warned[0].endswith(
+        "clean_teacher: models/clean_teacher.pt held a trained model; it is replaced by a "
+        "placeholder (distill.method sat learns from no clean teacher); the trained one is "
+        f"kept in {kept}"
+    ), proc.stderr[-2000:]
+    assert b"no teacher was trained" in (repo / "models" / "clean_teacher.pt").read_bytes()
+    assert (repo / kept).read_bytes() == trained
 
 
 def sigterm_distill(repo, params: dict, timeout: float) -> tuple[int, str]:

@@ -4,6 +4,7 @@ adversarial training methods, on tiny in-memory data and tiny models (CPU, secon
 import copy
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -32,9 +33,9 @@ from bmtard.models import build_model
 from bmtard.models.checkpoint import ModelSpec, TrainingRecord, load_model
 from bmtard.runtime import device as runtime
 from bmtard.training.distill import run_distill
-from bmtard.training.loop import Parts, fit, make_optimizer
+from bmtard.training.loop import LossLimit, Parts, fit, make_optimizer
 from bmtard.training.selection import Selection
-from bmtard.training.stage import Outputs, train_and_save
+from bmtard.training.stage import Outputs, loss_limit, train_and_save
 from bmtard.training.teachers import train_clean_teacher, train_robust_teacher
 from bmtard.training.tracking import Tracker
 
@@ -215,6 +216,58 @@ def test_fit_reads_the_guard_before_every_save():
     assert saver.saved == [(0, 1), (0, 2), (1, 0)]  # batch 1 and 2 of epoch 1, its end
 
 
+class Losses(Hooks):
+    """Returns the scripted ``losses`` in turn (with the gradient of w, so that SGD steps)."""
+
+    def __init__(self, losses: list[float]) -> None:
+        self.losses = losses
+        self.calls = 0
+
+    def batch_loss(self, model, x, y, rate_factor):
+        value = self.losses[self.calls % len(self.losses)]
+        self.calls += 1
+        loss = model.weight.sum() * 0 + value
+        return loss, {"loss": loss.detach()}
+
+    def status(self):
+        return {}
+
+
+LIMIT = LossLimit(1000 * math.log(10), "1000 x ln(10 classes), run.divergence_factor")
+
+
+def test_a_diverged_loss_stops_like_a_non_finite_one():
+    """A finite loss above the limit (here 1000 x ln 10 = 2303) stops the run at the end of that
+    epoch, with one line that names the step, the value, the rule and the lr to lower."""
+    model, method = _linear(), Losses([2.3, 2.2, 2.0, 8.4e16])
+    cfg = OptimConfig(epochs=3, lr=100.0, momentum=0.0, weight_decay=0.0, milestones=[])
+    seen = []
+    with pytest.raises(TrainingError) as e:
+        fit(Parts(model, method, ListBatches(), make_optimizer(model, cfg)), cfg, section="mine",
+            monitor=lambda e: None, on_epoch=lambda e, m: seen.append(e), limit=LIMIT)  # fmt: skip
+    assert str(e.value) == (
+        "mine: epoch 2, batch 2: the loss diverged (8.4e+16, above 2303 = 1000 x ln(10 classes), "
+        "run.divergence_factor); lower mine.optim.lr (now 100)"
+    )
+    assert seen == [1]
+
+
+def test_a_loss_that_rises_within_the_limit_goes_on():
+    """A loss that rises a hundredfold (e.g. TRADES' KL term growing from 0) is no divergence."""
+    model, method = _linear(), Losses([0.01, 0.1, 1.0, 100.0, 50.0, 2.0])
+    cfg = OptimConfig(epochs=3, lr=0.1, momentum=0.0, weight_decay=0.0, milestones=[])
+    seen = []
+    fit(Parts(model, method, ListBatches(), make_optimizer(model, cfg)), cfg, section="t",
+        monitor=lambda e: None, on_epoch=lambda e, m: seen.append(e), limit=LIMIT)  # fmt: skip
+    assert seen == [1, 2, 3]
+
+
+def test_the_divergence_limit_follows_the_parameter():
+    assert loss_limit(RunConfig(), 10).value == pytest.approx(2302.585, rel=1e-6)
+    assert loss_limit(RunConfig(divergence_factor=10.0), 100).value == pytest.approx(46.0517)
+    assert loss_limit(RunConfig(divergence_factor=None), 10) is None
+
+
 # --------------------------------------------------------------------------- Selection
 
 
@@ -350,7 +403,7 @@ def test_train_and_save_seed_drives_shuffle_and_augmentation(tmp_path, data):
     assert info.record == TrainingRecord(
         stage="t", method="m", epoch=1, selection="last", selected_metrics=sels[0].best_metrics,
         run={k: v for k, v in to_dict(RunConfig(seed=0)).items()
-             if k not in ("save_every_minutes", "state_dir")},
+             if k not in ("save_every_minutes", "state_dir", "divergence_factor")},
         key=info.record.key,
     )  # fmt: skip
     assert len(info.record.key) == 64  # what made it (bmtard.training.stage.result_key)
@@ -507,7 +560,9 @@ def test_distill_refuses_teacher_with_other_number_of_classes(tmp_path, data, wh
     run = RunConfig(seed=0, device="cpu")
     with pytest.raises(CheckpointError) as err:
         run_distill(run, _distill_cfg("last"), data, CPU, clean, robust, _outputs(tmp_path, out))
-    assert str(err.value) == f"{bad}: teacher has 5 classes, the data has 10"
+    assert (
+        str(err.value) == f"{bad}: the {which} teacher of 5 classes, and the data has 10 (cifar10)"
+    )
     assert not out.exists()
 
 

@@ -56,6 +56,7 @@ MAX_LR = 100
 MAX_TAU = 1000  # temperatures and their step
 MAX_SAVE_MINUTES = 7 * 24 * 60  # a week
 MAX_KL_SCALE = 1000
+MAX_DIVERGENCE_FACTOR = 1e12
 
 
 def _spec(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
@@ -90,6 +91,9 @@ class RunConfig:
     # processes per training stage (torchrun workers, data parallel, one GPU each; 1 = the
     # faithful single process); each takes an equal share of every batch (bmtard.core.distributed)
     processes: int = _spec(1, ge=1, le=MAX_PROCESSES)
+    # a training loss above this many times ln(classes) (the cross-entropy of a uniform guess)
+    # is a divergence: the stage stops as on a non-finite loss (null = only non-finite stops)
+    divergence_factor: float | None = _spec(1000.0, gt=1, le=MAX_DIVERGENCE_FACTOR)
 
     def __post_init__(self) -> None:
         d = self.device

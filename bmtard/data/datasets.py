@@ -29,9 +29,10 @@ from torchvision import datasets as tvd
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
 from bmtard.config.dataset_table import DatasetSpec, dataset
-from bmtard.config.params import DataConfig
+from bmtard.config.params import DataConfig, to_dict
 from bmtard.core.errors import DataError
 from bmtard.core.io import sha256_file
+from bmtard.core.paths import from_project
 from bmtard.data import tiny_imagenet_files as tif
 from bmtard.data.cifar_files import read_batches, read_class_names
 from bmtard.data.splits import Split, save_split
@@ -121,23 +122,6 @@ def balanced_indices(
     return np.sort(np.concatenate(keep))
 
 
-#: where DVC runs a queued or temporary experiment: a copy of the project at <project>/DVC_TEMP/<id>
-DVC_TEMP = (".dvc", "tmp", "exps")
-
-
-def from_project(path: Path, cwd: Path | None = None) -> Path:
-    """A relative path as the user wrote it, from the project folder, also inside a DVC queue's
-    temporary copy (which holds only what git tracks, so ``../elsewhere/...`` would point beside
-    the copy instead of beside the project)."""
-    if path.is_absolute():
-        return path
-    parts = (cwd or Path.cwd()).resolve().parts
-    for i in range(len(parts) - len(DVC_TEMP)):
-        if parts[i : i + len(DVC_TEMP)] == DVC_TEMP:
-            return Path(*parts[:i]) / path
-    return path
-
-
 def locate_local_root(local_root: str, folder: str) -> Path:
     """The folder that holds ``folder`` (e.g. cifar-10-batches-py), given it or its parent
     (relative to the project folder, see ``from_project``)."""
@@ -185,6 +169,10 @@ def _kept(
     return {"train": train, "val": val}
 
 
+class DownloadFailed(DataError):
+    """The archive could not be fetched (offline, a refused connection, a broken transfer)."""
+
+
 def _download(cfg: DataConfig, archive: Archive, root: Path, holds: str) -> None:
     """Download ``archive`` into ``root`` (unless there with its MD5) and unpack it there.
 
@@ -206,7 +194,7 @@ def _download(cfg: DataConfig, archive: Archive, root: Path, holds: str) -> None
         zipfile.BadZipFile,
     ) as e:
         reason = getattr(e, "reason", None) or e
-        raise DataError(
+        raise DownloadFailed(
             f"cannot download {cfg.dataset} into {root} ({reason}). Without internet, set "
             f"data.local_root in params.yaml to a folder holding {holds}"
         ) from None
@@ -382,6 +370,7 @@ def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
         "splits": {},
         "classes": raw.classes,
         "root": str(raw.folder.parent.resolve() / raw.folder.name),
+        "params": to_dict(cfg),  # the data parameters that made it (bmtard.data.download)
     }
     for split_name, split in raw.splits.items():
         path = out_dir / f"{split_name}.npz"

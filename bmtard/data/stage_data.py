@@ -30,9 +30,20 @@ class StageData:
         return str(self.manifest["dataset"])
 
     @property
+    def image_size(self) -> int | None:
+        """Pixels per side of every image (None for a manifest written before it was
+        recorded)."""
+        size = self.manifest.get("image_size")
+        return None if size is None else int(size)
+
+    @property
     def splits(self) -> dict[str, Any]:
         """The manifest's description of each split (counts, SHA-256s, source files)."""
         return self.manifest.get("splits", {})
+
+    def model_fields(self) -> dict[str, Any]:
+        """What a model's record says of the data it was made for (``TrainingRecord``)."""
+        return {"dataset": self.dataset, "image_size": self.image_size}
 
     @classmethod
     def load(cls, data_dir: str | Path, *, val: bool = False) -> StageData:

@@ -23,7 +23,6 @@ import argparse
 import csv
 import io
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,9 @@ from torch import nn
 
 from bmtard.config import attack_table, dataset_table
 from bmtard.config.params import EvaluateConfig, load_params, parse_params, to_dict
-from bmtard.core.errors import BmtardError, ParamsError
+from bmtard.core.errors import BmtardError, CheckpointError, ParamsError
 from bmtard.core.io import sha256_file, write_atomic, write_json
+from bmtard.core.paths import writable_folder
 from bmtard.core.provenance import code_version
 from bmtard.data.splits import Split, load_manifest, load_split
 from bmtard.evaluation.accuracy import percent
@@ -44,6 +44,8 @@ from bmtard.models.checkpoint import (
     CheckpointInfo,
     ModelSpec,
     TrainingRecord,
+    check_fits_data,
+    check_role,
     import_state_dict,
     load_model,
 )
@@ -149,18 +151,7 @@ def fail_if_asked(ev: Evaluation, cfg: EvaluateConfig) -> None:
 
 def check_resume_dir(cfg: EvaluateConfig) -> None:
     """Fail before any work if ``evaluate.resume_dir`` cannot be created or written."""
-    if cfg.resume_dir is None:
-        return
-    folder = Path(cfg.resume_dir)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not os.access(folder, os.W_OK):
-            raise PermissionError(13, "not writable")
-    except OSError as e:
-        raise ParamsError(
-            f"evaluate.resume_dir = {cfg.resume_dir!r}: cannot be created or written "
-            f"({e.strerror or e}); choose another folder, or null to evaluate without resuming"
-        ) from None
+    writable_folder(cfg.resume_dir, "evaluate.resume_dir", ", or null to evaluate without resuming")
 
 
 def evaluate_teacher(
@@ -174,6 +165,27 @@ def evaluate_teacher(
     return {"clean": percent(clean), "pgd_trades": percent(pgd), "n_images": n}
 
 
+def check_fits_test(
+    path: str | Path,
+    info: CheckpointInfo,
+    test_path: str | Path,
+    test: Split,
+    manifest: dict[str, Any],
+    what: str = "a model",
+) -> None:
+    """Refuse a model made for other images than the test split: another number of classes (the
+    manifest's, or without one a label beyond the model's classes), or another image size or
+    dataset than its record names. One line naming the file."""
+    n = info.spec.num_classes
+    top = int(test.labels.max()) if len(test) else -1
+    if not manifest and top >= n:
+        raise CheckpointError(f"{path}: {what} of {n} classes, and {test_path} has label {top}")
+    check_fits_data(
+        path, info, where=str(test_path), num_classes=int(manifest.get("num_classes", n)),
+        image_size=int(test.images.shape[1]), dataset=manifest.get("dataset"), what=what,
+    )  # fmt: skip
+
+
 def evaluate_file(
     model: nn.Module,
     info: CheckpointInfo,
@@ -182,15 +194,21 @@ def evaluate_file(
     device: torch.device,
     seed: int,
     transfer: tuple[nn.Module, CheckpointInfo] | None,
+    *,
+    checked: Sequence[tuple[str | Path, CheckpointInfo, str]] = (),
 ) -> tuple[Evaluation, Split, str]:
     """The protocol on a test split file; ``transfer`` = (model, info) to craft the transfer
     attack on. Class names and dataset come from the manifest beside the file when there is one
-    (else from the model's number of classes)."""
+    (else from the model's number of classes). Before any attack, every model of ``checked``
+    ((path, info, what) of the model, the transfer source, the teachers) must fit the test
+    images (``check_fits_test``)."""
     manifest = {}
     if Path(test_path).with_name("manifest.json").is_file():
         manifest = load_manifest(Path(test_path).parent)
     expected = manifest.get("splits", {}).get(Path(test_path).stem, {}).get("sha256")
     test = load_split(test_path, expected)
+    for path, model_info, what in checked:
+        check_fits_test(path, model_info, test_path, test, manifest, what)
     source, source_id = (transfer[0], transfer[1].sha256) if transfer is not None else (None, "")
     ev = evaluate_model(
         model,
@@ -226,13 +244,19 @@ def evaluate_pipeline(
     names them; a method without teachers gets no transfer check), then every output file."""
     check_resume_dir(cfg)
     model, info = load_model(student, device)
+    check_role(student, info, "student")
     paths = {"clean": clean_teacher, "robust": robust_teacher}
     teachers = {
         role: load_model(paths[role], device) for role in paths if role in info.record.teachers
     }
+    checked = [(student, info, "the student")]
+    for role, (_, tinfo) in teachers.items():
+        check_role(paths[role], tinfo, f"{role}_teacher")
+        checked.append((paths[role], tinfo, f"the {role} teacher"))
     ev, test, dataset = evaluate_file(
-        model, info, Path(data_dir) / "test.npz", cfg, device, seed, teachers.get("robust")
-    )
+        model, info, Path(data_dir) / "test.npz", cfg, device, seed, teachers.get("robust"),
+        checked=checked,
+    )  # fmt: skip
     numbers: dict[str, Any] = {}
     the_card = model_card(ev, info, student, dataset)
     the_card["teachers"] = {}
@@ -338,7 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_resume_dir(cfg)
         model, info = _load_any(args.checkpoint, args.arch, args.width, args.num_classes, device)
         source = load_model(args.transfer_from, device) if args.transfer_from else None
-        ev, _, dataset = evaluate_file(model, info, args.data, cfg, device, seed, source)
+        checked = [(args.checkpoint, info, "the model")]
+        if source is not None:
+            checked.append((args.transfer_from, source[1], "the transfer source"))
+        ev, _, dataset = evaluate_file(
+            model, info, args.data, cfg, device, seed, source, checked=checked
+        )
         card_path = args.card or Path(args.checkpoint).with_suffix(".card.json")
         out = Path(args.out)
         write_outputs(

@@ -26,6 +26,7 @@ from bmtard.attacks.pgd import pgd_ce
 from bmtard.config.attack_table import pixels
 from bmtard.core import faults
 from bmtard.core.io import digest, write_json
+from bmtard.core.paths import from_project
 from bmtard.data.loader import Batches
 from bmtard.data.splits import Split
 
@@ -51,7 +52,8 @@ class ResumeState:
     damaged one (e.g. cut short by a full disk) is reported and treated as absent."""
 
     def __init__(self, folder: str | Path | None, key: str) -> None:
-        self.path = None if folder is None else Path(folder) / f"{key[:16]}.json"
+        # from the project folder: a DVC queue's temporary copy goes with its experiment
+        self.path = None if folder is None else from_project(folder) / f"{key[:16]}.json"
         self.key = key
         self.done: dict[str, dict[str, str]] = {}
         if self.path is not None and self.path.is_file():

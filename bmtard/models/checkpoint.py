@@ -58,12 +58,36 @@ class TrainingRecord:
     run: dict[str, Any] = field(default_factory=dict)  # seed, device, precision, ... it ran with
     code: dict[str, Any] = field(default_factory=dict)  # bmtard.core.provenance.code_version()
     key: str | None = None  # digest of what made the run (bmtard.training.stage.state_key)
+    # what the file is (ROLES: clean_teacher | robust_teacher | student; the networks a method
+    # trains besides the student are kept in the student's file, by name) and the data it is
+    # for: its dataset and input size (pixels per side), from the data's manifest. None: a file
+    # made before they were recorded, or outside the pipeline
+    role: str | None = None
+    dataset: str | None = None
+    image_size: int | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainingRecord:
         """From a saved record (or an older file's meta); unknown keys are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+#: what a model file of the pipeline is, by its record's ``role``
+ROLES = {
+    "clean_teacher": "the clean teacher",
+    "robust_teacher": "the robust teacher",
+    "student": "a student",
+}
+#: the role of a file written before roles were recorded, by its record's ``stage``
+ROLE_OF_STAGE = {"clean_teacher": "clean_teacher", "robust_teacher": "robust_teacher"}
+ROLE_OF_STAGE["distill"] = "student"
+
+
+def role_of(record: TrainingRecord) -> str | None:
+    """The role a record gives its file: ``role``, or for an older file the one its stage
+    implies; None when neither says (a file from outside the pipeline)."""
+    return record.role or ROLE_OF_STAGE.get(record.stage or "")
 
 
 @dataclass(frozen=True)
@@ -182,6 +206,47 @@ def load_model(
     raw = payload.get("record", payload.get("meta", {}))
     info = CheckpointInfo(spec, sha256_file(path), TrainingRecord.from_dict(raw))
     return model.to(device).eval(), info
+
+
+def check_role(path: str | Path, info: CheckpointInfo, role: str) -> None:
+    """Refuse a model file whose record says it is another ``role`` (``ROLES``) than the one it
+    is loaded as (e.g. the clean teacher's file given as the robust teacher). A file that says
+    nothing (outside the pipeline) is taken as given."""
+    held = role_of(info.record)
+    if held is not None and held != role:
+        raise CheckpointError(
+            f"{path}: holds {ROLES.get(held, held)} (its record's role: {held}), not "
+            f"{ROLES[role]}; give {ROLES[role]}'s file"
+        )
+
+
+def check_fits_data(
+    path: str | Path,
+    info: CheckpointInfo,
+    *,
+    where: str,
+    num_classes: int,
+    image_size: int | None,
+    dataset: str | None,
+    what: str = "a model",
+) -> None:
+    """Refuse a model made for other images than the data at ``where`` (a file or folder, for
+    the message): another number of classes, or (where its record says) another image size or
+    dataset. ``what`` names the model in the message (e.g. "teacher")."""
+    spec, rec = info.spec, info.record
+    of = f" ({dataset})" if dataset else ""
+    if spec.num_classes != num_classes:
+        raise CheckpointError(
+            f"{path}: {what} of {spec.num_classes} classes, and {where} has {num_classes}{of}"
+        )
+    if rec.image_size is not None and image_size is not None and rec.image_size != image_size:
+        made = f", {rec.dataset}" if rec.dataset else ""
+        raise CheckpointError(
+            f"{path}: {what} of {rec.image_size}x{rec.image_size} images{made}, and {where} "
+            f"holds {image_size}x{image_size} images{of}"
+        )
+    if rec.dataset is not None and dataset is not None and rec.dataset != dataset:
+        raise CheckpointError(f"{path}: {what} of {rec.dataset}, and {where} holds {dataset}")
 
 
 def extract_state_dict(payload: Any, source: str) -> dict[str, torch.Tensor]:

@@ -16,7 +16,6 @@ from bmtard.config import method_table
 from bmtard.config.method_table import CLEAN, ROBUST
 from bmtard.config.params import DistillConfig, RunConfig, to_dict
 from bmtard.core import distributed
-from bmtard.core.errors import CheckpointError
 from bmtard.core.provenance import code_version
 from bmtard.core.stop import StopRequest
 from bmtard.data.loader import Batches
@@ -30,12 +29,19 @@ from bmtard.methods.ciard import CIARD
 from bmtard.methods.dgad import DGAD
 from bmtard.methods.igdm import IGDM
 from bmtard.methods.peeraid import PeerAiD
-from bmtard.models.checkpoint import CheckpointInfo, ModelSpec, TrainingRecord, load_model
+from bmtard.models.checkpoint import (
+    CheckpointInfo,
+    ModelSpec,
+    TrainingRecord,
+    check_fits_data,
+    check_role,
+    load_model,
+)
 from bmtard.runtime.execution import Execution
 from bmtard.training.loop import Method
 from bmtard.training.schedule import lr_factor
 from bmtard.training.selection import Selection
-from bmtard.training.stage import Outputs, train_and_save
+from bmtard.training.stage import Outputs, check_state_dir, train_and_save
 
 log = logging.getLogger(__name__)
 
@@ -191,14 +197,16 @@ def build_method(
 
 
 def load_teacher(
-    path: Path, num_classes: int, device: torch.device
+    path: Path, role: str, data: StageData, device: torch.device
 ) -> tuple[nn.Module, CheckpointInfo]:
-    """A frozen teacher in eval mode, checked against the data's number of classes."""
+    """A frozen teacher in eval mode, checked to be the ``role`` teacher (``clean``/``robust``)
+    made for the data's classes, image size and dataset."""
     model, info = load_model(path, device)
-    if info.spec.num_classes != num_classes:
-        raise CheckpointError(
-            f"{path}: teacher has {info.spec.num_classes} classes, the data has {num_classes}"
-        )
+    check_role(path, info, f"{role}_teacher")
+    check_fits_data(
+        path, info, where="the data", num_classes=data.num_classes, image_size=data.image_size,
+        dataset=data.dataset, what=f"the {role} teacher",
+    )  # fmt: skip
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval(), info
@@ -217,11 +225,12 @@ def run_distill(
     """Train a ``cfg.arch`` student with ``cfg.method``; save the selected epoch to
     ``outputs.model``. A teacher path is read only if the method learns from that teacher. Nulls
     in ``cfg`` take the method's and the data's dataset's values (``DistillConfig.resolved``)."""
+    check_state_dir(run)
     cfg = cfg.resolved(data.dataset)
     ex = Execution.from_config(run, device)
     paths = {CLEAN: clean_teacher, ROBUST: robust_teacher}
     loaded = {
-        role: load_teacher(paths[role], data.num_classes, device)
+        role: load_teacher(paths[role], role, data, device)
         for role in method_table.method(cfg.method).teachers
     }
     spec = ModelSpec(cfg.arch, cfg.width, data.num_classes)
@@ -231,6 +240,8 @@ def run_distill(
     fine_tuned = method_table.method(cfg.method).fine_tunes
     record = TrainingRecord(
         stage="distill",
+        role="student",
+        **data.model_fields(),
         method=cfg.method,
         params=to_dict(cfg),
         data=data.splits,

@@ -4,18 +4,20 @@ The loop knows nothing about how a batch becomes a loss (that is the method's jo
 ``bmtard.methods``), where batches come from (``bmtard.data.loader``) or where the state goes
 (``bmtard.training.state``): it asks its ``Saver`` after each step whether a save is due, and saves
 at every epoch's end; after each epoch it calls ``on_epoch(epoch, metrics)``. It can start in the
-middle of a run (``start``), and it stops with one clear line on a non-finite loss, on running
-out of memory, or when a stop was requested (SIGTERM).
+middle of a run (``start``), and it stops with one clear line on a non-finite loss, on a loss
+above its ``LossLimit`` (a divergence), on running out of memory, or when a stop was requested
+(SIGTERM).
 
 A step never waits for the device: the methods' logs are device tensors, summed on the device
 (float64, the same arithmetic as Python floats) and read once per epoch; non-finite values are
-remembered on the device (``FiniteGuard``) and read every ``CHECK_EVERY`` steps and before every
-save, so no saved state is ever past a non-finite step.
+remembered on the device (``FiniteGuard``), as is a loss above the limit, and read every
+``CHECK_EVERY`` steps and before every save, so no saved state is ever past such a step.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,13 +88,24 @@ class NoSaver:
         return ""
 
 
-class FiniteGuard:
-    """The first step whose loss or logged value is not finite, remembered on the device:
-    recording costs no host-device synchronisation; ``check`` reads it (one sync) and stops with
-    one line naming the step, the value and the parameter to lower."""
+@dataclass(frozen=True)
+class LossLimit:
+    """The largest loss a sane run reaches: above it the run has diverged (``value``), and the
+    rule that set it, for the message (e.g. "1000 x ln(10 classes), run.divergence_factor")."""
 
-    def __init__(self, section: str) -> None:
+    value: float
+    rule: str
+
+
+class FiniteGuard:
+    """The first step whose loss or logged value is not finite, or whose loss is above the
+    ``limit`` (a divergence that has not yet reached inf), remembered on the device: recording
+    costs no host-device synchronisation; ``check`` reads it (one sync) and stops with one line
+    naming the step, the value and the parameter to lower."""
+
+    def __init__(self, section: str, limit: LossLimit | None = None) -> None:
         self.section = section
+        self.limit = limit
         self.steps: list[tuple[int, int, float]] = []  # (epoch, batch, lr) since the last check
         self.names: list[str] = []
         self.first: Tensor | None = None  # index into steps of the first bad one, or -1
@@ -103,6 +116,8 @@ class FiniteGuard:
     def record(self, epoch: int, batch: int, lr: float, loss: Tensor, logs: dict[str, Tensor]):
         values = torch.stack([loss.detach().float(), *(v.detach().float() for v in logs.values())])
         bad = ~torch.isfinite(values)
+        if self.limit is not None:  # the loss (values[0]) diverged, still finite
+            bad[0] |= values[0].abs() > self.limit.value
         if self.first is None:
             self.names = ["loss", *logs]
             self.first = torch.full((), -1, dtype=torch.int64, device=values.device)
@@ -116,21 +131,28 @@ class FiniteGuard:
         self.steps.append((epoch, batch, lr))
 
     def check(self, saved: str) -> None:
-        """Raise a TrainingError if a recorded step was not finite; else forget the steps."""
+        """Raise a TrainingError if a recorded step was not finite or diverged; else forget the
+        steps."""
         if self.first is None or not self.steps:
             return
         first = int(self.first)
         if first >= 0:
             epoch, batch, lr = self.steps[first]
-            flags = self.flags.tolist()
-            i = next((j for j in range(1, len(flags)) if flags[j]), 0)  # a named log first
+            flags, values = self.flags.tolist(), self.values.tolist()
             kept = f"; {saved} is kept" if saved else ""
-            raise TrainingError(
-                f"{self.section}: epoch {epoch}, batch {batch}: non-finite {self.names[i]} "
-                f"({float(self.values[i])}){kept}; lower {self.section}.optim.lr (now {lr:g})"
-            )
+            where, lower = f"{self.section}: epoch {epoch}, batch {batch}", self._lower(lr)
+            if self.limit is not None and all(math.isfinite(v) for v in values):
+                raise TrainingError(
+                    f"{where}: the loss diverged ({values[0]:.3g}, above {self.limit.value:.4g} = "
+                    f"{self.limit.rule}){kept}; {lower}"
+                )
+            i = next((j for j in range(1, len(flags)) if flags[j]), 0)  # a named log first
+            raise TrainingError(f"{where}: non-finite {self.names[i]} ({values[i]}){kept}; {lower}")
         self.steps.clear()
         self.count.zero_()
+
+    def _lower(self, lr: float) -> str:
+        return f"lower {self.section}.optim.lr (now {lr:g})"
 
 
 @dataclass
@@ -160,6 +182,7 @@ def fit(
     start: Progress | None = None,
     saver: Saver | None = None,
     stop: Any = False,
+    limit: LossLimit | None = None,
 ) -> None:
     """Train ``parts.model`` from ``start`` (default: the beginning) to ``cfg.epochs``.
 
@@ -168,7 +191,9 @@ def fit(
     the milestones (``rate_factor``); ``method.end_epoch``; then the epoch's metrics
     (batch-size-weighted means of the method's logs, the method's status, the lr, and whatever
     ``monitor(epoch)`` returns) go to ``on_epoch``. ``stop`` is truthy once a stop was requested.
-    ``section`` names the parameter section in messages (e.g. ``distill``).
+    ``section`` names the parameter section in messages (e.g. ``distill``). A non-finite loss or
+    logged value, or a loss above ``limit`` (a divergence), stops the run with one line, and no
+    state past that step is saved.
 
     With several processes (``bmtard.core.distributed``) each rank trains on its share of every
     batch through the DDP-wrapped model, every rank stops at the batch where any one was asked
@@ -177,7 +202,7 @@ def fit(
     model, method, batches, opt = parts.model, parts.method, parts.batches, parts.optimizer
     net = distributed.wrap(model, next(model.parameters()).device)
     saver = saver or NoSaver()
-    guard = FiniteGuard(section)
+    guard = FiniteGuard(section, limit)
     progress = start or Progress()
     saved = ""
 

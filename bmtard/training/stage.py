@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from bmtard.core import distributed
 from bmtard.core.errors import BmtardError
 from bmtard.core.io import digest
 from bmtard.core.outputs import check_free_space, keep_last_good, last_good_copy, restore
+from bmtard.core.paths import from_project, writable_folder
 from bmtard.core.provenance import loaded_code_sha256
 from bmtard.core.stop import StopRequest
 from bmtard.data.loader import Batches
@@ -33,7 +35,15 @@ from bmtard.data.stage_data import StageData
 from bmtard.evaluation.accuracy import monitor as run_monitor
 from bmtard.models.checkpoint import ModelSpec, TrainingRecord, save_model, saved_record
 from bmtard.runtime.execution import Execution
-from bmtard.training.loop import Method, NoSaver, Parts, Stopped, fit, make_optimizer
+from bmtard.training.loop import (
+    LossLimit,
+    Method,
+    NoSaver,
+    Parts,
+    Stopped,
+    fit,
+    make_optimizer,
+)
 from bmtard.training.schedule import should_monitor
 from bmtard.training.selection import Selection
 from bmtard.training.state import Progress, RandomState, StateStore, TrainingState
@@ -41,8 +51,9 @@ from bmtard.training.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-#: run.* keys that change how a run is saved, not what it computes (left out of the state key)
-NOT_IN_KEY = ("save_every_minutes", "state_dir")
+#: run.* keys that change how a run is saved, or when it stops as diverged, not what it computes
+#: (left out of the state key and the record)
+NOT_IN_KEY = ("save_every_minutes", "state_dir", "divergence_factor")
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,27 @@ class Outputs:
     model: Path
     live: Path
     tb: Path
+
+
+def state_root(run: RunConfig) -> Path | None:
+    """``run.state_dir`` from the project folder (``bmtard.core.paths.from_project``: a DVC
+    queue's temporary copy is deleted with its experiment, a killed one too); None: no state."""
+    return None if run.state_dir is None else from_project(run.state_dir)
+
+
+def check_state_dir(run: RunConfig) -> None:
+    """Before any work: ``run.state_dir`` can be created and written (one line if not)."""
+    writable_folder(run.state_dir, "run.state_dir", ", or null to train without saving state")
+
+
+def loss_limit(run: RunConfig, num_classes: int) -> LossLimit | None:
+    """The divergence rule: a loss above ``run.divergence_factor`` x ln(classes), the
+    cross-entropy of a uniform guess (2.3 on 10 classes), stops the run; None when off."""
+    factor = run.divergence_factor
+    if factor is None:
+        return None
+    rule = f"{factor:g} x ln({num_classes} classes), run.divergence_factor"
+    return LossLimit(factor * math.log(max(num_classes, 2)), rule)
 
 
 def run_record(run: RunConfig) -> dict:
@@ -109,7 +141,7 @@ def train_and_save(
     stop = StopRequest() if stop is None else stop  # (an unset request is falsy)
     record = dataclasses.replace(record, run=run_record(run))
     key = result_key(section, record)  # before training: later imports must not change it
-    store = StateStore(run.state_dir, section, state_key(key, outputs.model))
+    store = StateStore(state_root(run), section, state_key(key, outputs.model))
     model_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     check_free_space(section, model_bytes, outputs.model, store.stage_dir)
     main = distributed.is_main()  # with several processes, only rank 0 writes
@@ -151,7 +183,7 @@ def train_and_save(
         )  # fmt: skip
         fit(
             parts, optim, section=section, monitor=check, on_epoch=on_epoch, start=start,
-            saver=saver, stop=stop,
+            saver=saver, stop=stop, limit=loss_limit(run, data.num_classes),
         )  # fmt: skip
         if not main:
             return sel
@@ -201,16 +233,17 @@ def finished_before(section: str, outputs: Outputs, record: TrainingRecord, run:
     training state is still saved has not finished."""
     record = dataclasses.replace(record, run=run_record(run))
     key = result_key(section, record)
-    store = StateStore(run.state_dir, section, state_key(key, outputs.model))
+    store = StateStore(state_root(run), section, state_key(key, outputs.model))
     if store.path is not None and store.path.exists():
         return False
     paths = [outputs.model, outputs.live, outputs.tb]
     if all(p.exists() for p in paths) and _key_of(outputs.model) == key:
         log.info("%s: %s is this run's finished result: kept", section, outputs.model)
         return True
-    if run.state_dir is None:
+    root = state_root(run)
+    if root is None:
         return False
-    folder = Path(run.state_dir) / "last-good"
+    folder = root / "last-good"
     copies = [last_good_copy(p, folder) for p in paths]
     if all(c is not None and c.exists() for c in copies) and _key_of(copies[0]) == key:
         restore(paths, folder)
@@ -251,8 +284,9 @@ def write_model(
 
 def finish(outputs: Outputs, run: RunConfig, store: StateStore | None) -> None:
     """The outputs are complete: keep a hard-linked copy of them, then drop the saved state."""
-    if run.state_dir is not None:
-        keep_last_good([outputs.model, outputs.live, outputs.tb], Path(run.state_dir) / "last-good")
+    root = state_root(run)
+    if root is not None:
+        keep_last_good([outputs.model, outputs.live, outputs.tb], root / "last-good")
     if store is not None:
         store.discard()
 

@@ -12,18 +12,27 @@ from bmtard.config import method_table
 from bmtard.config.params import CleanTeacherConfig, RobustTeacherConfig, RunConfig, to_dict
 from bmtard.core.distributed import on_main
 from bmtard.core.io import sha256_file
+from bmtard.core.outputs import keep_last_good, last_good_copy
 from bmtard.core.provenance import code_version
 from bmtard.core.stop import StopRequest
 from bmtard.data.stage_data import StageData
 from bmtard.evaluation.accuracy import monitor as run_monitor
 from bmtard.methods.adversarial import PGDAT, TRADES
 from bmtard.methods.standard import Standard
-from bmtard.models.checkpoint import ModelSpec, TrainingRecord, import_state_dict, save_no_model
+from bmtard.models.checkpoint import (
+    ModelSpec,
+    TrainingRecord,
+    import_state_dict,
+    save_no_model,
+    saved_record,
+)
 from bmtard.runtime.execution import Execution
 from bmtard.training.stage import (
     Outputs,
+    check_state_dir,
     finish,
     finished_before,
+    state_root,
     train_and_save,
     write_model,
 )
@@ -34,12 +43,29 @@ log = logging.getLogger(__name__)
 TeacherConfig = CleanTeacherConfig | RobustTeacherConfig
 
 
-def write_not_needed(section: str, outputs: Outputs, methods: tuple[str, ...]) -> None:
+def write_not_needed(
+    section: str, outputs: Outputs, methods: tuple[str, ...], run: RunConfig | None = None
+) -> None:
     """The outputs of a teacher stage whose teacher none of ``methods`` learns from: a file in
     the model's place that names them (loading it fails with that reason), and curves of one
-    point, trained = 0 (no empty folders: git would not keep them for DVC)."""
+    point, trained = 0 (no empty folders: git would not keep them for DVC). A model already
+    there (a trained teacher, e.g. when the stage is run by hand with such a method) is first
+    kept with its curves as the last good outputs (under ``run.state_dir``), and one line says
+    so: a method that learns from it puts it back without training."""
     names = ", ".join(methods)
     reason = f"{section}: no teacher was trained: distill.method {names} learns from none here"
+    if saved_record(outputs.model) is not None:
+        root = None if run is None else state_root(run)
+        if root is None:
+            kept = "it is not kept (run.state_dir is null)"
+        else:
+            keep_last_good([outputs.model, outputs.live, outputs.tb], root / "last-good")
+            kept = f"the trained one is kept in {last_good_copy(outputs.model, root / 'last-good')}"
+        log.warning(
+            "%s: %s held a trained model; it is replaced by a placeholder (distill.method %s "
+            "learns from no %s); %s", section, outputs.model, names, section.replace("_", " "),
+            kept,
+        )  # fmt: skip
     with Tracker(outputs.live, outputs.tb) as tracker:
         tracker.log(0, {"trained": 0.0})
         tracker.summary({"trained": False, "reason": reason})
@@ -64,6 +90,8 @@ def _use_checkpoint(
     log.info("%s: imported %s: %s", section, cfg.checkpoint, metrics)
     record = TrainingRecord(
         stage=section,
+        role=section,
+        **data.model_fields(),
         source=str(cfg.checkpoint),
         source_sha256=sha256_file(cfg.checkpoint),
         params=to_dict(cfg),
@@ -90,18 +118,19 @@ def _teacher(
     stop: StopRequest | None,
     methods: tuple[str, ...],
 ) -> None:
+    check_state_dir(run)
     cfg = cfg.resolved(data.dataset)  # a null arch: the dataset's teacher
     spec = ModelSpec(cfg.arch, cfg.width, data.num_classes)
     role = section.removesuffix("_teacher")
     record = TrainingRecord(
-        stage=section, method=method_name, params=to_dict(cfg), data=data.splits,
-        code=code_version(),
+        stage=section, role=section, **data.model_fields(), method=method_name,
+        params=to_dict(cfg), data=data.splits, code=code_version(),
     )  # fmt: skip
     # what writes without training runs on rank 0 alone when there are several processes
     if cfg.checkpoint is None and on_main(lambda: finished_before(section, outputs, record, run)):
         return  # e.g. rerun because distill.method changed to another method with this teacher
     if not method_table.needs(methods, role):
-        on_main(lambda: write_not_needed(section, outputs, methods))
+        on_main(lambda: write_not_needed(section, outputs, methods, run))
         return
     if cfg.checkpoint is not None:
         on_main(lambda: _use_checkpoint(section, cfg, spec, run, data, device, outputs))
