@@ -31,11 +31,13 @@ from pipeline_helpers import env
 
 @dataclass(frozen=True)
 class Process:
-    """A running process of ours: its id, command line and working directory."""
+    """A running process of ours: its id, command line, working directory and age (seconds
+    since it started, when it was listed)."""
 
     pid: int
     argv: tuple[str, ...]
     cwd: Path
+    age: float = 0.0
 
     @property
     def stage(self) -> str | None:
@@ -62,10 +64,18 @@ def _experiment(params_path: str) -> str:
     return parts[-2] if len(parts) >= 3 and parts[-3] == "results" else ""
 
 
+def _age(entry: Path, uptime: float) -> float:
+    """Seconds since the process ``/proc/<pid>`` started: its start time (field 22 of its stat,
+    in clock ticks since boot) against the machine's uptime."""
+    fields = entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()
+    return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
 def processes_in(folder: Path) -> list[Process]:
     """Our processes whose working directory is ``folder`` or inside it (a DVC queue's temporary
     copies are inside the project), by pid."""
     folder, uid, found = folder.resolve(), os.getuid(), []
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -74,10 +84,11 @@ def processes_in(folder: Path) -> list[Process]:
                 continue
             argv = tuple(a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0") if a)
             cwd = Path(os.readlink(entry / "cwd"))
-        except (OSError, ValueError):
+            age = _age(entry, uptime)
+        except (OSError, ValueError, IndexError):
             continue  # ended meanwhile, or not ours to read
         if argv and (cwd == folder or folder in cwd.parents):
-            found.append(Process(int(entry.name), argv, cwd))
+            found.append(Process(int(entry.name), argv, cwd, age))
     return sorted(found, key=lambda p: p.pid)
 
 
@@ -138,17 +149,18 @@ STAGE, ENGINE_ALONE, ENGINE_GROUP = "stage", "engine alone", "engine and its job
 class Chaos:
     """The draws and the record of one chaos run over the project in ``repo``.
 
-    ``mean_delay``: the mean of the (exponential) seconds from the moment a stage process runs
-    after a start or a kill to the next kill: kills at random moments, most of them soon, some
-    deep into a stage (the stages of the tiny grid take 5 to 30 s); ``engine_share``: the share
-    of kills aimed at the engine itself; ``kills``: how many the plan holds. A run may end before
+    ``mean_delay``: the mean of the (exponential) seconds a stage process has run when it, or
+    the engine, is killed (its age, so that the count of kills does not depend on how fast the
+    machine runs the engine and the stages: kills at random moments, most of them soon, some deep
+    into a stage; the stages of the tiny grid take 5 to 30 s); ``engine_share``: the share of
+    kills aimed at the engine itself; ``kills``: how many the plan holds. A run may end before
     the last ones are sent (the tests require a minimum)."""
 
     repo: Path
     folder: Path
     seed: int
     kills: int
-    mean_delay: float = 6.0
+    mean_delay: float = 4.0
     engine_share: float = 0.15
     deadline_s: float = 3600.0
     plan: list[Planned] = field(init=False)
@@ -205,13 +217,25 @@ class Chaos:
             time.sleep(0.1)
         return over()
 
-    def sleep_after_a_stage_started(self, over: Callable[[], bool], seconds: float) -> bool:
-        """Wait until a stage process runs (the engine's own start-up is not what is tested),
-        then sleep up to ``seconds``; True (at once) when ``over()``."""
-        while not stage_processes(self.repo):
-            if self.sleep(over, 0.2):
-                return True
-        return self.sleep(over, seconds)
+    def stage_aged(self, over: Callable[[], bool], seconds: float, pick: float = 0.0):
+        """Wait until a stage process has run ``seconds`` by its own age (the engine's start-up
+        and the gaps between stages do not count, so that a kill lands inside a stage however
+        fast the machine is); the one at ``pick`` (0 to 1) of those that have, by pid. Each time
+        a stage ends younger, the wait is halved (at least 0.5 s): a long delay does not hold
+        back the plan while only short stages are left. None when ``over()`` first (e.g. the
+        engine ended)."""
+        young: dict[int, float] = {}  # the running stages' ages, while younger than ``seconds``
+        while not over():
+            running = stage_processes(self.repo)
+            aged = [p for p in running if p.age >= seconds]
+            if aged:
+                return aged[min(int(pick * len(aged)), len(aged) - 1)]
+            if set(young) - {p.pid for p in running} and seconds > 0.5:
+                seconds = max(seconds / 2, 0.5)
+                self.journal(f"  a stage ended younger: the kill now waits {seconds:.1f} s")
+            young = {p.pid: p.age for p in running}
+            time.sleep(0.1)
+        return None
 
     def wait_for_no_stages(self, timeout: float = 900.0) -> None:
         """Wait until no stage process of the project runs (orphans of a killed engine)."""
@@ -225,41 +249,29 @@ class Chaos:
             waited = time.monotonic() - start
             self.journal(f"  waited {waited:.0f} s for the orphaned {', '.join(orphans)} to end")
 
-    def kill(self, planned: Planned, pid: int, what: str, group: bool = False) -> None:
+    def kill(self, planned: Planned, pid: int, what: str, group: bool = False) -> bool:
         """Send the ``planned`` kill: SIGKILL ``pid`` (its whole process group with ``group``),
-        journaled and counted."""
+        journaled and counted; False when it had ended already (the plan's kill stays unsent)."""
         try:
             os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             self.journal(f"  {what} had ended already: not counted")
-            return
+            return False
         self.sent.append(what)
         self.used.add(planned.number)
         self.attempts[-1].kills.append(what)
         self.journal(f"kill {len(self.sent)} (plan {planned.number}): SIGKILL {what}")
-
-    def pick_stage(self, over: Callable[[], bool], pick: float) -> Process | None:
-        """The running stage process at ``pick`` (0 to 1) of those running, by pid, waiting up to
-        5 s for one to run (None if none did, or when ``over()``)."""
-        end = time.monotonic() + 5.0
-        while time.monotonic() < end and not over():
-            running = stage_processes(self.repo)
-            if running:
-                return running[min(int(pick * len(running)), len(running) - 1)]
-            time.sleep(0.2)
-        return None
+        return True
 
     def kill_a_stage(self, over: Callable[[], bool], planned: Planned, where=None) -> bool:
         """The planned kill of a stage, once one has run ``planned.delay`` seconds; False when
-        ``over()`` first or no stage ran. ``where(process)`` adds to its description."""
-        if self.sleep_after_a_stage_started(over, planned.delay):
-            return False
-        victim = self.pick_stage(over, planned.pick)
+        ``over()`` first or the stage ended meanwhile. ``where(process)`` adds to its
+        description."""
+        victim = self.stage_aged(over, planned.delay, planned.pick)
         if victim is None:
             return False
         extra = f" in {where(victim)}" if where is not None else ""
-        self.kill(planned, victim.pid, victim.describe() + extra)
-        return True
+        return self.kill(planned, victim.pid, victim.describe() + extra)
 
     def over_time(self) -> None:
         if self.journal.elapsed() > self.deadline_s:
@@ -280,12 +292,13 @@ class Chaos:
 
 def draw(seed: int, kills: int, mean_delay: float, engine_share: float) -> list[Planned]:
     """The seeded plan: for each kill, its delay (exponential with mean ``mean_delay``, at least
-    0.5 s and at most 120 s), its target (the engine with probability ``engine_share``, alone
-    or with its jobs at even odds; else a stage) and the pick among the running stages."""
+    0.5 s and at most 3 x ``mean_delay``), its target (the engine with probability
+    ``engine_share``, alone or with its jobs at even odds; else a stage) and the pick among the
+    running stages."""
     rng = random.Random(seed)
     plan = []
     for number in range(1, kills + 1):
-        wait = min(max(rng.expovariate(1 / mean_delay), 0.5), 120.0)
+        wait = min(max(rng.expovariate(1 / mean_delay), 0.5), 3 * mean_delay)
         at_engine, alone, pick = rng.random(), rng.random(), rng.random()
         target = (
             STAGE if at_engine >= engine_share else ENGINE_ALONE if alone < 0.5 else ENGINE_GROUP
@@ -310,25 +323,26 @@ def _short(cmd: list[str]) -> list[str]:
 def snakemake_chaos(chaos: Chaos, cmd: list[str], on_attempt=None) -> None:
     """Run ``cmd`` (Snakemake, with --rerun-incomplete) until it succeeds, sending
     ``chaos.kills`` SIGKILLs on the way: to a stage process (Snakemake then waits for its other
-    jobs and exits non-zero), to Snakemake alone (its running jobs go on as orphans: the same
-    command is started once they ended, as it would be refused while they hold the project), or
-    to Snakemake with its jobs (a node going down). ``on_attempt(attempt)`` runs after each
-    attempt, once no stage process runs."""
+    jobs, which the next kills may hit too, and exits non-zero), to Snakemake alone (its running
+    jobs go on as orphans: the same command is started once they ended, as it would be refused
+    while they hold the project), or to Snakemake with its jobs (a node going down).
+    ``on_attempt(attempt)`` runs after each attempt, once no stage process runs."""
     while True:
         chaos.over_time()
         proc = chaos.start(cmd)
         ended = _ended(proc)
         while not ended() and (planned := chaos.next()) is not None:
             if planned.target == STAGE:
-                if chaos.kill_a_stage(ended, planned):
-                    break  # Snakemake fails once its other running jobs end: the same command then
+                # Snakemake fails once its other running jobs end (the same command then starts
+                # again); meanwhile the plan's next kills may land on those jobs
+                chaos.kill_a_stage(ended, planned)
                 continue
-            if chaos.sleep_after_a_stage_started(ended, planned.delay):
+            if chaos.stage_aged(ended, planned.delay) is None:
                 break
             alone = planned.target == ENGINE_ALONE
             what = "snakemake alone" if alone else "snakemake and its jobs"
-            chaos.kill(planned, proc.pid, f"{what} (pid {proc.pid})", group=not alone)
-            break
+            if chaos.kill(planned, proc.pid, f"{what} (pid {proc.pid})", group=not alone):
+                break
         rc = chaos.ended(proc)
         chaos.wait_for_no_stages()
         if on_attempt is not None:
@@ -406,10 +420,10 @@ def dvc_queue_chaos(chaos: Chaos, dvc: str, grid: dict[str, dict[str, object]]) 
             if planned.target == STAGE:
                 chaos.kill_a_stage(ended, planned, lambda p: _queued(p.cwd))
                 continue
-            if chaos.sleep_after_a_stage_started(ended, planned.delay):
+            if chaos.stage_aged(ended, planned.delay) is None:
                 break
-            chaos.kill(planned, proc.pid, f"dvc exp run --run-all (pid {proc.pid})")
-            break
+            if chaos.kill(planned, proc.pid, f"dvc exp run --run-all (pid {proc.pid})"):
+                break
         chaos.ended(proc)
 
 

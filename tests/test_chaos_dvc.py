@@ -89,7 +89,7 @@ def reference(repos):
 
 def test_a_queued_grid_survives_random_kills(tmp_path, repos, reference):
     repo = repos[1]
-    chaos = Chaos(repo, tmp_path / "chaos", seed=SEED, kills=KILLS, mean_delay=10.0)
+    chaos = Chaos(repo, tmp_path / "chaos", seed=SEED, kills=KILLS)
     dvc_queue_chaos(chaos, DVC, GRID)
     logs = queue_logs(repo)
     resumed = len(re.findall(r"resuming from ", logs))
