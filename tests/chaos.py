@@ -150,7 +150,7 @@ class Chaos:
     """The draws and the record of one chaos run over the project in ``repo``.
 
     ``mean_delay``: the mean of the (exponential) seconds a stage process has run when it, or
-    the engine, is killed (its age, so that the count of kills does not depend on how fast the
+    the engine, is killed (its age, so that the count of kills depends far less on how fast the
     machine runs the engine and the stages: kills at random moments, most of them soon, some deep
     into a stage; the stages of the tiny grid take 5 to 30 s); ``engine_share``: the share of
     kills aimed at the engine itself; ``kills``: how many the plan holds. A run may end before
@@ -224,16 +224,16 @@ class Chaos:
         a stage ends younger, the wait is halved (at least 0.5 s): a long delay does not hold
         back the plan while only short stages are left. None when ``over()`` first (e.g. the
         engine ended)."""
-        young: dict[int, float] = {}  # the running stages' ages, while younger than ``seconds``
+        young: set[int] = set()  # the pids of the stages running at the last look, all younger
         while not over():
             running = stage_processes(self.repo)
             aged = [p for p in running if p.age >= seconds]
             if aged:
                 return aged[min(int(pick * len(aged)), len(aged) - 1)]
-            if set(young) - {p.pid for p in running} and seconds > 0.5:
+            if young - {p.pid for p in running} and seconds > 0.5:
                 seconds = max(seconds / 2, 0.5)
                 self.journal(f"  a stage ended younger: the kill now waits {seconds:.1f} s")
-            young = {p.pid: p.age for p in running}
+            young = {p.pid for p in running}
             time.sleep(0.1)
         return None
 

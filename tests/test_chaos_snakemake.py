@@ -36,8 +36,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
 SEED = 3  # its plan: Snakemake alone at kills 2 and 10, with its jobs at 6, 7, 17, 20, 22, ...
 KILLS = 40  # planned; the grid may end before the last ones: the issue asks for at least 25
-MEAN_DELAY = 3.0  # seconds a stage has run when it is killed, on average (the default 4 s sent
-# 30 of the 40 on an idle machine of this project: the grid's stages are short)
+MEAN_DELAY = 3.0  # seconds a stage has run when it is killed, on average (the default 4 s, with
+# one stage kill per start, sent 30 of the 40 on an idle machine here: the grid's stages are short)
 # two jobs at once: each GPU stage would take every core given (the Snakefile's threads), so
 # --max-threads 1; no gpu resource, so the CPU jobs are not counted as GPU jobs
 SNAKEMAKE = [str(BIN / "snakemake"), "--cores", "2", "--max-threads", "1"]
