@@ -24,6 +24,7 @@ import yaml
 sys.path.insert(0, workflow.basedir)  # the bmtard package beside this file
 from bmtard.experiments import grid as grids
 from bmtard.core import project_lock
+from bmtard.config import method_table
 from bmtard.config.params import load_params
 from bmtard.core.errors import BmtardError
 from snakemake.exceptions import WorkflowError
@@ -61,9 +62,7 @@ try:
 except BmtardError as e:
     stop(e)
 METHODS = (
-    ",".join(grids.methods(config, EXPERIMENTS))
-    if EXPERIMENTS
-    else config["distill"]["method"]
+    grids.methods(config, EXPERIMENTS) if EXPERIMENTS else [config["distill"]["method"]]
 )
 RESULTS = "results"
 
@@ -78,14 +77,27 @@ def lookup(params, dotted):
     return node
 
 
-def interpolate(cmd):
-    """A dvc.yaml command with its ${section.key} references replaced by the values (the
-    methods of the grid for ${distill.method}, which only the shared teachers' commands name).
+def interpolate(cmd, stage_name):
+    """A dvc.yaml command with its ${section.key} references replaced by the values.
+
+    ${distill.method}, which only the shared teachers' commands name, becomes the methods that
+    keep only whether the run's methods (a grid's, or params.yaml's) learn from that teacher
+    (method_table.need_only): adding a method to a grid, or changing params.yaml's to another
+    with the same teachers, then leaves the teacher's command as it was, and Snakemake reruns
+    neither the teacher nor the experiments after it. (DVC names the method itself: it reruns
+    the teacher stage, which keeps the finished teacher, and its output hashes do not change.)
     """
 
     def value(match):
         key = match.group(1)
-        return METHODS if key == "distill.method" else str(lookup(config, key))
+        if key != "distill.method":
+            return str(lookup(config, key))
+        role = stage_name.removeprefix("train_").removesuffix("_teacher")
+        if role not in (method_table.CLEAN, method_table.ROBUST):
+            stop(
+                f"dvc.yaml: stage {stage_name} names ${{distill.method}}; only a teacher's may"
+            )
+        return ",".join(method_table.need_only(METHODS, role))
 
     return re.sub(r"\$\{([A-Za-z0-9_.]+)\}", value, cmd)
 
@@ -224,7 +236,7 @@ for stage_name, stage in STAGES.items():
             **stage_params(stage, config),
             # the command goes through params: a loop variable read in `shell:` would be read
             # when the job runs, i.e. after the loop, and give the last stage's command
-            cmd=interpolate(stage["cmd"]),
+            cmd=interpolate(stage["cmd"], stage_name),
         shell:
             SHELL
 

@@ -9,6 +9,7 @@ their real on-disk layouts with the models left to the dataset (``arch: null``):
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -54,6 +55,17 @@ def _no_teacher_file(path) -> bool:
     return saved_record(path) is None and b"no teacher was trained" in path.read_bytes()
 
 
+def _planned(output: str) -> list[tuple[str, str | None]]:
+    """The (rule, experiment) of each job a Snakemake dry run plans, but `all`."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if head and head.group(1) != "all":
+            exp = re.search(r"wildcards: exp=(\S+)", block)
+            jobs.append((head.group(1), exp and exp.group(1)))
+    return sorted(jobs)
+
+
 def test_snakemake_grid(tmp_path):
     folder = write_tiny_imagenet(tmp_path / "raw")
     repo = copy_project(tmp_path / "snake", _on("tiny_imagenet", folder))
@@ -82,6 +94,16 @@ def test_snakemake_grid(tmp_path):
     assert not (repo / "models" / "student.pt").exists()  # the grid only
     again = run(repo, *SNAKEMAKE, "--configfile", "grid.yaml")
     assert snakemake_ran(again.stderr + again.stdout) == []
+    # a grid that grows by methods with the same teachers' needs plans only the new experiments:
+    # no teacher job, and so no rerun of the finished ones
+    grown = {**GRID, "distill.method": ["sat", "rslad", "ard", "trades"]}
+    (repo / "grown.yaml").write_text(yaml.safe_dump({"grid": grown}))
+    plan = run(repo, *SNAKEMAKE, "--configfile", "grown.yaml", "-n")
+    assert _planned(plan.stdout + plan.stderr) == [
+        (rule, f"method-{m}_seed-0")
+        for rule in ("distill_grid", "evaluate_grid", "grid_params")
+        for m in ("ard", "trades")
+    ]
     table = _compare(repo, "--no-dvc")
     assert [(r["Experiment"], r["Engine"], r["Method"], r["Dataset"]) for r in table] == [
         ("method-rslad_seed-0", "snakemake", "RSLAD", "tiny_imagenet"),

@@ -76,6 +76,23 @@ def test_teachers_of_each_method():
     assert not method_table.needs(["sat", "ard", "rslad"], "clean")
 
 
+@pytest.mark.parametrize("role", ["clean", "robust"])
+def test_the_stand_in_for_a_teacher_stage_keeps_only_the_need(role):
+    """Snakemake's teacher commands carry need_only(methods): the same for any methods with the
+    same need, and a stage given it decides as it would for the methods themselves."""
+    groups = [["sat"], ["sat", "trades"], ["peeraid"], ["bmtard"], ["ard", "sat"], ["ciard"]]
+    for methods in groups:
+        stand_in = method_table.need_only(methods, role)
+        assert method_table.needs(stand_in, role) == method_table.needs(methods, role)
+        others = [
+            m for m in groups if method_table.needs(m, role) == method_table.needs(methods, role)
+        ]
+        assert {method_table.need_only(m, role) for m in others} == {stand_in}
+    assert method_table.need_only(["bmtard"], "clean") == ("mtard", "bmtard", "ciard")
+    assert method_table.need_only(["ard"], "clean") == method_table.need_only(["sat"], "clean")
+    assert method_table.need_only(["ard"], "robust") != method_table.need_only(["sat"], "robust")
+
+
 def test_null_takes_the_methods_published_settings_and_numbers_override_them():
     null = DistillConfig(
         optim=OptimConfig(epochs=None, milestones=None), attack=TrainAttackConfig(init=None)

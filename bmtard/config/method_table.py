@@ -163,3 +163,12 @@ def needs(methods: str | list[str] | tuple[str, ...], role: str) -> bool:
     """Whether any of ``methods`` learns from the ``role`` teacher (clean | robust)."""
     names = [methods] if isinstance(methods, str) else list(methods)
     return any(role in method(n).teachers for n in names)
+
+
+def need_only(methods: str | list[str] | tuple[str, ...], role: str) -> tuple[str, ...]:
+    """A stand-in for ``methods`` that keeps only whether one of them learns from the ``role``
+    teacher: every method of the table that does, or every one that does not. A teacher stage
+    given it does what it would do for ``methods``, and the stand-in changes only when that need
+    does (Snakemake reruns a job, and every job after it, when its command changes)."""
+    needed = needs(methods, role)
+    return tuple(n for n in NAMES if needs(n, role) == needed)

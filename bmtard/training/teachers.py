@@ -53,7 +53,7 @@ def write_not_needed(
     kept with its curves as the last good outputs (under ``run.state_dir``), and one line says
     so: a method that learns from it puts it back without training."""
     names = ", ".join(methods)
-    reason = f"{section}: no teacher was trained: distill.method {names} learns from none here"
+    reason = f"{section}: no teacher was trained: no method it was run for ({names}) learns from it"
     if saved_record(outputs.model) is not None:
         root = None if run is None else state_root(run)
         if root is None:
