@@ -257,6 +257,23 @@ if EXPERIMENTS:
             tmp.write_text(yaml.safe_dump(params.values, sort_keys=False))
             os.replace(tmp, output[0])
 
+    # each teacher's outputs: an experiment whose method does not learn from that teacher (which
+    # its stages then never read) neither waits for its job nor reruns after it
+    TEACHER_OUTPUTS = {
+        role: set(stage_outputs(STAGES[f"train_{role}_teacher"]))
+        for role in (method_table.CLEAN, method_table.ROBUST)
+    }
+
+    def experiment_inputs(deps, exp):
+        method = EXP_PARAMS[exp]["distill"]["method"]
+        unread = {
+            p
+            for role, outs in TEACHER_OUTPUTS.items()
+            if not method_table.needs(method, role)
+            for p in outs
+        }
+        return [in_experiment(p) for p in deps if p not in unread]
+
     for stage_name in PER_EXPERIMENT:
         stage = STAGES[stage_name]
 
@@ -264,7 +281,7 @@ if EXPERIMENTS:
             name:
                 f"{stage_name}_grid"
             input:
-                [in_experiment(p) for p in stage["deps"]],
+                lambda wc, deps=stage["deps"]: experiment_inputs(deps, wc.exp),
                 f"{RESULTS}/{{exp}}/params.yaml",
             output:
                 snake_outputs([in_experiment(p) for p in stage_outputs(stage)]),

@@ -94,16 +94,20 @@ def test_snakemake_grid(tmp_path):
     assert not (repo / "models" / "student.pt").exists()  # the grid only
     again = run(repo, *SNAKEMAKE, "--configfile", "grid.yaml")
     assert snakemake_ran(again.stderr + again.stdout) == []
-    # a grid that grows by methods with the same teachers' needs plans only the new experiments:
-    # no teacher job, and so no rerun of the finished ones
-    grown = {**GRID, "distill.method": ["sat", "rslad", "ard", "trades"]}
+    # a grid that grows plans only the new experiments: methods with the same teachers' needs
+    # change no teacher job (ard, trades), and the clean teacher that bmtard is the first to need
+    # reruns no finished experiment of a method that does not learn from it (sat, rslad)
+    grown = {**GRID, "distill.method": ["sat", "rslad", "ard", "trades", "bmtard"]}
     (repo / "grown.yaml").write_text(yaml.safe_dump({"grid": grown}))
     plan = run(repo, *SNAKEMAKE, "--configfile", "grown.yaml", "-n")
-    assert _planned(plan.stdout + plan.stderr) == [
-        (rule, f"method-{m}_seed-0")
-        for rule in ("distill_grid", "evaluate_grid", "grid_params")
-        for m in ("ard", "trades")
-    ]
+    assert _planned(plan.stdout + plan.stderr) == sorted(
+        [("train_clean_teacher", None)]
+        + [
+            (rule, f"method-{m}_seed-0")
+            for rule in ("distill_grid", "evaluate_grid", "grid_params")
+            for m in ("ard", "trades", "bmtard")
+        ]
+    )
     table = _compare(repo, "--no-dvc")
     assert [(r["Experiment"], r["Engine"], r["Method"], r["Dataset"]) for r in table] == [
         ("method-rslad_seed-0", "snakemake", "RSLAD", "tiny_imagenet"),
