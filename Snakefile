@@ -92,12 +92,12 @@ def interpolate(cmd, stage_name):
         key = match.group(1)
         if key != "distill.method":
             return str(lookup(config, key))
-        role = stage_name.removeprefix("train_").removesuffix("_teacher")
-        if role not in (method_table.CLEAN, method_table.ROBUST):
+        roles = {stage: role for role, stage in method_table.TEACHER_STAGES.items()}
+        if stage_name not in roles:
             stop(
                 f"dvc.yaml: stage {stage_name} names ${{distill.method}}; only a teacher's may"
             )
-        return ",".join(method_table.need_only(METHODS, role))
+        return ",".join(method_table.need_only(METHODS, roles[stage_name]))
 
     return re.sub(r"\$\{([A-Za-z0-9_.]+)\}", value, cmd)
 
@@ -260,8 +260,8 @@ if EXPERIMENTS:
     # each teacher's outputs: an experiment whose method does not learn from that teacher (which
     # its stages then never read) neither waits for its job nor reruns after it
     TEACHER_OUTPUTS = {
-        role: set(stage_outputs(STAGES[f"train_{role}_teacher"]))
-        for role in (method_table.CLEAN, method_table.ROBUST)
+        role: set(stage_outputs(STAGES[stage]))
+        for role, stage in method_table.TEACHER_STAGES.items()
     }
 
     def experiment_inputs(deps, exp):

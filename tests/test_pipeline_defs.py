@@ -135,8 +135,8 @@ def test_snakemake_rules_equal_dvc_stages(snake_copy):
         assert job["outs"] == set(outputs(stage)), name
         assert job["inputs"] == set(stage["deps"]), name
         # a teacher's: the methods that keep only its need (the Snakefile's interpolate)
-        role = name.removeprefix("train_").removesuffix("_teacher")
-        stand_in = ",".join(method_table.need_only(method, role)) if role != name else method
+        role = {s: r for r, s in method_table.TEACHER_STAGES.items()}.get(name)
+        stand_in = ",".join(method_table.need_only(method, role)) if role else method
         cmd = " ".join(stage["cmd"].split()).replace("${distill.method}", stand_in)
         assert "${" not in cmd, name  # a reference this test does not resolve yet
         log = f"logs/{name}.log"

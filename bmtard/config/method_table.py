@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: teacher roles, as in the stage names (train_clean_teacher, train_robust_teacher)
+#: teacher roles (clean | robust)
 CLEAN, ROBUST = "clean", "robust"
+#: the pipeline's stage that trains each teacher (dvc.yaml)
+TEACHER_STAGES = {CLEAN: "train_clean_teacher", ROBUST: "train_robust_teacher"}
 #: the schedule of B-MTARD, MTARD and RSLAD's official code: 300 epochs, lr x 0.1 after 215/260/285
 DISTILL_EPOCHS, DISTILL_MILESTONES = 300, (215, 260, 285)
 #: AdaAD's (and DGAD's, a fork of it): 200 epochs, lr x 0.1 after 100 and 150, weight decay 5e-4
