@@ -10,8 +10,11 @@ themselves.
 
 A grid (`--configfile presets/grid.yaml`, bmtard/experiments/grid.py) runs the stages that read `distill` or
 `evaluate` (and those after them) once per experiment, as rules `<stage>_grid` writing under
-`results/<experiment>/` with that experiment's `results/<experiment>/params.yaml`; the data and the
-teachers are shared, and each teacher is trained if one of the grid's methods learns from it.
+`results/<experiment>/` with that experiment's `results/<experiment>/params.yaml`; the data is
+shared. An experiment learns from params.yaml's teachers (rules train_clean_teacher and
+train_robust_teacher, each trained if one of the experiments that learn from it needs it), or,
+where the grid sets a teacher's keys otherwise, from that teacher variant, computed once for every
+experiment that sets them alike (rules `<teacher stage>_grid`, under `teacher-runs/<variant>/`).
 """
 
 import os
@@ -61,10 +64,40 @@ try:
     EXP_PARAMS = {e.name: grids.experiment_params(config, e)[0] for e in EXPERIMENTS}
 except BmtardError as e:
     stop(e)
-METHODS = (
-    grids.methods(config, EXPERIMENTS) if EXPERIMENTS else [config["distill"]["method"]]
-)
 RESULTS = "results"
+# the teacher each experiment learns from, per role: None = params.yaml's (models/), else the
+# name of its variant (teacher-runs/<variant>/), shared by the experiments that set it alike
+VARIANT = {
+    e.name: {
+        r: grids.teacher_variant(config, e, r) for r in method_table.TEACHER_STAGES
+    }
+    for e in EXPERIMENTS
+}
+# each variant's params (params.yaml with that teacher's values) and the methods learning from it
+VARIANT_PARAMS, VARIANT_METHODS = {}, {}
+for e in EXPERIMENTS:
+    for r, v in VARIANT[e.name].items():
+        if v is not None and method_table.needs(
+            EXP_PARAMS[e.name]["distill"]["method"], r
+        ):
+            VARIANT_PARAMS[v] = grids.teacher_params(config, e, r)
+            VARIANT_METHODS.setdefault(v, []).append(
+                EXP_PARAMS[e.name]["distill"]["method"]
+            )
+# per role, the methods of the experiments that learn from params.yaml's own teacher (every
+# experiment of a grid that varies no teacher; params.yaml's method without a grid)
+METHODS = {
+    r: (
+        [
+            EXP_PARAMS[e.name]["distill"]["method"]
+            for e in EXPERIMENTS
+            if VARIANT[e.name][r] is None
+        ]
+        if EXPERIMENTS
+        else [config["distill"]["method"]]
+    )
+    for r in method_table.TEACHER_STAGES
+}
 
 with open(Path(workflow.basedir, "dvc.yaml")) as f:
     STAGES = yaml.safe_load(f)["stages"]
@@ -77,7 +110,7 @@ def lookup(params, dotted):
     return node
 
 
-def interpolate(cmd, stage_name):
+def interpolate(cmd, stage_name, methods=None):
     """A dvc.yaml command with its ${section.key} references replaced by the values.
 
     ${distill.method}, which only the shared teachers' commands name, becomes the methods that
@@ -86,6 +119,8 @@ def interpolate(cmd, stage_name):
     with the same teachers, then leaves the teacher's command as it was, and Snakemake reruns
     neither the teacher nor the experiments after it. (DVC names the method itself: it reruns
     the teacher stage, which keeps the finished teacher, and its output hashes do not change.)
+    ``methods``: those of the experiments learning from this teacher (a grid's teacher variant),
+    instead of the ones learning from params.yaml's.
     """
 
     def value(match):
@@ -97,7 +132,8 @@ def interpolate(cmd, stage_name):
             stop(
                 f"dvc.yaml: stage {stage_name} names ${{distill.method}}; only a teacher's may"
             )
-        return ",".join(method_table.need_only(METHODS, roles[stage_name]))
+        role = roles[stage_name]
+        return ",".join(method_table.need_only(methods or METHODS[role], role))
 
     return re.sub(r"\$\{([A-Za-z0-9_.]+)\}", value, cmd)
 
@@ -173,14 +209,52 @@ def in_experiment(path):
     return f"{RESULTS}/{{exp}}/{path}" if moved else path
 
 
-def experiment_cmd(cmd):
-    """A per-experiment stage's command: its moved paths under results/<exp>/, and the
-    experiment's params file."""
-    words = [in_experiment(w) for w in cmd.split()]
+def with_params(words, params_file):
+    """A stage's command (its words) reading ``params_file`` instead of params.yaml."""
     at = words.index("-m") + 2  # after `python -m stages.NAME`
-    return " ".join(
-        words[:at] + [f"--params {RESULTS}/{{exp}}/params.yaml"] + words[at:]
-    )
+    return " ".join(words[:at] + [f"--params {params_file}"] + words[at:])
+
+
+# each teacher's outputs (an experiment learns from a variant's copy of them, or from these)
+TEACHER_OUTPUTS = {
+    role: stage_outputs(STAGES[stage])
+    for role, stage in method_table.TEACHER_STAGES.items()
+}
+ROLE_OF_OUTPUT = {p: role for role, outs in TEACHER_OUTPUTS.items() for p in outs}
+
+
+def teacher_run(path, variant):
+    """A teacher variant's copy of the teacher output ``path``."""
+    return f"{grids.TEACHER_RUNS}/{variant}/{path}"
+
+
+def experiment_path(path, exp):
+    """Experiment ``exp``'s copy of ``path``: its teacher variant's for a teacher's output, its
+    own for a moved output, else ``path`` itself."""
+    role = ROLE_OF_OUTPUT.get(path)
+    if role is not None and VARIANT[exp][role] is not None:
+        return teacher_run(path, VARIANT[exp][role])
+    return in_experiment(path).replace("{exp}", exp)
+
+
+def experiment_cmd(cmd, exp):
+    """A per-experiment stage's command: its moved paths under results/<exp>/, its teachers'
+    under their variants' folders, and the experiment's params file."""
+    words = [experiment_path(w, exp) for w in cmd.split()]
+    return with_params(words, f"{RESULTS}/{exp}/params.yaml")
+
+
+def variant_cmd(stage_name, variant):
+    """A teacher variant's command: its outputs under teacher-runs/<variant>/, its params file,
+    and the methods of the experiments that learn from it."""
+    cmd = interpolate(STAGES[stage_name]["cmd"], stage_name, VARIANT_METHODS[variant])
+    outs = stage_outputs(STAGES[stage_name])
+
+    def own(word):  # an output, or a folder holding one (the --live folder)
+        return word in outs or any(o.startswith(f"{word}/") for o in outs)
+
+    words = [teacher_run(w, variant) if own(w) else w for w in cmd.split()]
+    return with_params(words, teacher_run("params.yaml", variant))
 
 
 PROJECT_LOCK = []  # the open lock file, kept for the whole run
@@ -257,14 +331,10 @@ if EXPERIMENTS:
             tmp.write_text(yaml.safe_dump(params.values, sort_keys=False))
             os.replace(tmp, output[0])
 
-    # each teacher's outputs: an experiment whose method does not learn from that teacher (which
-    # its stages then never read) neither waits for its job nor reruns after it
-    TEACHER_OUTPUTS = {
-        role: set(stage_outputs(STAGES[stage]))
-        for role, stage in method_table.TEACHER_STAGES.items()
-    }
-
     def experiment_inputs(deps, exp):
+        """An experiment's inputs: its copies of ``deps`` (``experiment_path``) but for the
+        outputs of a teacher its method does not learn from (its stages never read them), so
+        that it neither waits for that teacher's job nor reruns after it."""
         method = EXP_PARAMS[exp]["distill"]["method"]
         unread = {
             p
@@ -272,7 +342,7 @@ if EXPERIMENTS:
             if not method_table.needs(method, role)
             for p in outs
         }
-        return [in_experiment(p) for p in deps if p not in unread]
+        return [experiment_path(p, exp) for p in deps if p not in unread]
 
     for stage_name in PER_EXPERIMENT:
         stage = STAGES[stage_name]
@@ -297,8 +367,56 @@ if EXPERIMENTS:
             params:
                 # the experiment's own values, so that a change reruns only its jobs
                 values=lambda wc, stage=stage: stage_params(stage, EXP_PARAMS[wc.exp]),
-                cmd=lambda wc, cmd=experiment_cmd(stage["cmd"]): cmd.replace(
-                    "{exp}", wc.exp
+                cmd=lambda wc, cmd=stage["cmd"]: experiment_cmd(cmd, wc.exp),
+            shell:
+                SHELL
+
+
+if VARIANT_PARAMS:
+
+    localrules:
+        grid_teacher_params,
+
+    rule grid_teacher_params:
+        output:
+            f"{grids.TEACHER_RUNS}/{{tvar}}/params.yaml",
+        params:
+            values=lambda wc: VARIANT_PARAMS[wc.tvar],
+        run:
+            tmp = Path(f"{output[0]}.tmp")
+            tmp.write_text(yaml.safe_dump(params.values, sort_keys=False))
+            os.replace(tmp, output[0])
+
+    # a teacher variant: the teacher stage in teacher-runs/<variant>/, once for every experiment
+    # that learns from it
+    for role, stage_name in method_table.TEACHER_STAGES.items():
+        stage = STAGES[stage_name]
+        section = grids.TEACHER_SECTIONS[role]
+        variants = [v for v in VARIANT_PARAMS if v.startswith(f"{section}-")]
+        if not variants:
+            continue
+
+        rule:
+            name:
+                f"{stage_name}_grid"
+            input:
+                stage["deps"],
+                f"{grids.TEACHER_RUNS}/{{tvar}}/params.yaml",
+            output:
+                snake_outputs([teacher_run(p, "{tvar}") for p in stage_outputs(stage)]),
+            log:
+                f"logs/{stage_name}_{{tvar}}.log",
+            wildcard_constraints:
+                tvar="|".join(re.escape(v) for v in variants),
+            conda:
+                "envs/bmtard.yaml"
+            threads: gpu_stage_threads()
+            resources:
+                gpu=lambda wc, stage=stage: gpus(stage, VARIANT_PARAMS[wc.tvar]),
+            params:
+                values=lambda wc, stage=stage: stage_params(
+                    stage, VARIANT_PARAMS[wc.tvar]
                 ),
+                cmd=lambda wc, name=stage_name: variant_cmd(name, wc.tvar),
             shell:
                 SHELL

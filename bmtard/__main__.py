@@ -1,8 +1,10 @@
 """The package's commands: ``python -m bmtard evaluate ...`` (any checkpoint, the pipeline's
 protocol; ``bmtard.evaluation.evaluate``), ``python -m bmtard compare ...`` (every finished run in
 one table and picture; ``bmtard.experiments.compare``) and ``python -m bmtard curves ...`` (a
-run's temperatures and loss weights; ``bmtard.experiments.curves``) and ``python -m bmtard check``
-(params.yaml and a grid validated, with the stages' one-line message; ``bmtard.experiments.check``).
+run's temperatures and loss weights; ``bmtard.experiments.curves``), ``python -m bmtard check``
+(params.yaml and a grid validated, with the stages' one-line message; ``bmtard.experiments.check``)
+and ``python -m bmtard teachers`` (the published teachers, their files and where to get them;
+``bmtard.experiments.published``).
 ``--help`` after a command lists its options."""
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ def _check(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _teachers(argv: Sequence[str]) -> int:
+    from bmtard.experiments.published import main
+
+    return main(argv)
+
+
 def _curves(argv: Sequence[str]) -> int:
     from bmtard.experiments.curves import main
 
@@ -40,6 +48,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "compare": _compare,
     "curves": _curves,
     "check": _check,
+    "teachers": _teachers,
 }
 
 

@@ -75,15 +75,15 @@ def test_workspace_and_grid_runs_in_one_table(tmp_path):
     ]
     table = rows(runs)
     assert list(table[0]) == [
-        "Experiment", "Engine", "Method", "Student", "Dataset", "Seed",
+        "Experiment", "Engine", "Method", "Teachers", "Student", "Dataset", "Seed",
         "Clean", "FGSM", "PGD-SAT", "PGD-TRADES", "CW∞", "AA", "W-Robust", "Sanity",
     ]  # fmt: skip
     assert table[1]["W-Robust"] == 57.5 and table[1]["AA"] == 45.0
     md = to_markdown(table).splitlines()
     assert md[0].startswith("| Experiment | Engine | Method |") and md[0].endswith("| Sanity |")
     assert md[3] == (
-        "| method-sat_seed-1 | snakemake | SAT | resnet18 | cifar10 | 1 | 70.00 | 50.00 | 40.00 "
-        "| 41.00 | 38.00 | 45.00 | 57.50 | failed |"
+        "| method-sat_seed-1 | snakemake | SAT | none | resnet18 | cifar10 | 1 | 70.00 | 50.00 "
+        "| 40.00 | 41.00 | 38.00 | 45.00 | 57.50 | failed |"
     )
 
 
@@ -225,6 +225,7 @@ def test_seeds_are_aggregated_per_setting_with_mean_std_and_n(tmp_path):
         first = next(csv.DictReader(f))
     assert (float(first["Clean mean"]), float(first["Clean std"]), first["AA n"]) == (62, 2, "2")
     assert (
-        "| B-MTARD (distill.balance.tau_lr=0.001) | resnet18 | cifar10 | 0,1,2 |"
+        "| B-MTARD (distill.balance.tau_lr=0.001) | clean: resnet56×0.25 (trained) · robust: "
+        "wrn34_10×0.1 (trained) | resnet18 | cifar10 | 0,1,2 |"
         in (out / "comparison.md").read_text()
     )

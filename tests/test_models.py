@@ -40,6 +40,20 @@ REFERENCE_PARAMS = {
     # group3 14,683,136 + 10 * 18,878,464; batchnorm 2,048; logits 10,250 -> 266,796,506
     # (the 266.8M quoted by Gowal et al. 2020).
     "wrn70_16": 266_796_506,
+    # RobustBench's WideResNet(34, 10, sub_block1=False) (the LTD CIFAR-10 teacher): TRADES'
+    # count without the unused sub_block1, the published 46.16M
+    "wrn34_10_nosub": 46_160_474,
+    # WideResNet(34, 20, sub_block1=False), 5 blocks per group at 320/640/1280: conv1 432;
+    # block1 973,472 + 4 * 1,844,480; block2 5,736,320 + 4 * 7,375,360; block3 22,941,440 +
+    # 4 * 29,496,320; bn 2,560; fc 12,810 -> 184,531,674 (LTD's 184.5M)
+    "wrn34_20_nosub": 184_531_674,
+    # DeepMind's WRN-28-10 (RobustBench's DMWideResNet(depth=28, width=10)), 4 blocks per group
+    # at 160/320/640: init_conv 432; group1 256,352 + 3 * 461,440; group2 1,434,560 +
+    # 3 * 1,844,480; group3 5,736,320 + 3 * 7,375,360; batchnorm 1,280; logits 6,410 ->
+    # 36,479,194 (the 36.5M of WRN-28-10)
+    "dm_wrn28_10_cifar10": 36_479_194,
+    "dm_wrn28_10_cifar100": 36_479_194,
+    "dm_wrn70_16_cifar10": 266_796_506,  # wrn70_16 with CIFAR-10's normalization constants
 }
 
 # Features entering the classifier, for the count with 100 classes.
@@ -50,6 +64,11 @@ FEATURES = {
     "resnet56": 64,
     "wrn34_10": 640,
     "wrn70_16": 1024,
+    "wrn34_10_nosub": 640,
+    "wrn34_20_nosub": 1280,
+    "dm_wrn28_10_cifar10": 640,
+    "dm_wrn28_10_cifar100": 640,
+    "dm_wrn70_16_cifar10": 1024,
 }
 
 # Names (and shapes) from the reference files' state_dicts that published checkpoints carry.
@@ -117,6 +136,38 @@ REFERENCE_KEYS = {
         "logits.weight": (10, 1024),
         "logits.bias": (10,),
     },
+    "wrn34_10_nosub": {
+        "conv1.weight": (16, 3, 3, 3),
+        "block1.layer.0.convShortcut.weight": (160, 16, 1, 1),
+        "block3.layer.4.conv2.weight": (640, 640, 3, 3),
+        "fc.weight": (10, 640),
+    },
+    "wrn34_20_nosub": {
+        "conv1.weight": (16, 3, 3, 3),
+        "block1.layer.0.convShortcut.weight": (320, 16, 1, 1),
+        "block2.layer.0.convShortcut.weight": (640, 320, 1, 1),
+        "block3.layer.4.conv2.weight": (1280, 1280, 3, 3),
+        "bn1.running_mean": (1280,),
+        "fc.weight": (10, 1280),
+    },
+    "dm_wrn28_10_cifar10": {
+        "init_conv.weight": (16, 3, 3, 3),
+        "layer.0.block.0.shortcut.weight": (160, 16, 1, 1),
+        "layer.0.block.3.conv_1.weight": (160, 160, 3, 3),
+        "layer.2.block.3.batchnorm_1.running_var": (640,),
+        "logits.weight": (10, 640),
+    },
+    "dm_wrn28_10_cifar100": {
+        "init_conv.weight": (16, 3, 3, 3),
+        "layer.1.block.0.shortcut.weight": (320, 160, 1, 1),
+        "batchnorm.running_mean": (640,),
+        "logits.weight": (10, 640),
+    },
+    "dm_wrn70_16_cifar10": {
+        "init_conv.weight": (16, 3, 3, 3),
+        "layer.0.block.10.conv_1.weight": (256, 256, 3, 3),
+        "logits.weight": (10, 1024),
+    },
 }
 
 # Keys that must NOT exist: identity shortcuts carry no weights in the references.
@@ -127,6 +178,12 @@ ABSENT_KEYS = {
     "resnet56": ["layer1.0.downsample.0.weight", "layer2.1.downsample.0.weight"],
     "wrn34_10": ["block1.layer.1.convShortcut.weight", "block2.layer.1.convShortcut.weight"],
     "wrn70_16": ["layer.0.block.1.shortcut.weight", "layer.0.block.11.conv_0.weight"],
+    # no sub_block1 (RobustBench's sub_block1=False)
+    "wrn34_10_nosub": ["sub_block1.layer.0.conv1.weight", "block1.layer.1.convShortcut.weight"],
+    "wrn34_20_nosub": ["sub_block1.layer.0.conv1.weight", "block1.layer.5.conv1.weight"],
+    "dm_wrn28_10_cifar10": ["layer.0.block.1.shortcut.weight", "layer.0.block.4.conv_0.weight"],
+    "dm_wrn28_10_cifar100": ["layer.2.block.1.shortcut.weight"],
+    "dm_wrn70_16_cifar10": ["layer.0.block.1.shortcut.weight", "layer.0.block.11.conv_0.weight"],
 }
 
 
@@ -174,6 +231,11 @@ REFERENCE_POOL = {
     "resnet56": ("adaptive_avg_pool2d", 1),
     "wrn34_10": ("avg_pool2d", 8),
     "wrn70_16": ("avg_pool2d", 8),
+    "wrn34_10_nosub": ("avg_pool2d", 8),
+    "wrn34_20_nosub": ("avg_pool2d", 8),
+    "dm_wrn28_10_cifar10": ("avg_pool2d", 8),
+    "dm_wrn28_10_cifar100": ("avg_pool2d", 8),
+    "dm_wrn70_16_cifar10": ("avg_pool2d", 8),
 }
 
 

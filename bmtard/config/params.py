@@ -23,14 +23,19 @@ from typing import Any
 
 import yaml
 
-from bmtard.config import attack_table, dataset_table, method_table
+from bmtard.config import attack_table, dataset_table, method_table, teacher_table
 from bmtard.core.errors import ParamsError
 
 # The architecture names that bmtard.models builds (a test keeps the two lists equal; config does
 # not import the models so that the data stage does not depend on model code).
-ARCHS = ("resnet18", "preact_resnet18", "mobilenet_v2", "resnet56", "wrn34_10", "wrn70_16")
+ARCHS = (
+    "resnet18", "preact_resnet18", "mobilenet_v2", "resnet56", "wrn34_10", "wrn70_16",
+    "wrn34_10_nosub", "wrn34_20_nosub", "dm_wrn28_10_cifar10", "dm_wrn28_10_cifar100",
+    "dm_wrn70_16_cifar10",
+)  # fmt: skip
 DATASETS = dataset_table.NAMES
 METHODS = method_table.NAMES
+PUBLISHED = teacher_table.NAMES  # the published teachers' names (of any dataset)
 TRAIN_INITS = ("gaussian", "uniform", "uniform_unclamped")
 #: the lr schedules (bmtard.training.schedule): step decay at the milestones, or CIARD's
 LR_SCHEDULES = ("step", "cosine_exp")
@@ -210,7 +215,13 @@ class CleanTeacherConfig:
     width: float = _spec(1.0, gt=0, le=MAX_WIDTH)
     # the teacher's own seed (in place of run.seed), so that a student seed grid shares it
     seed: int = _spec(0, ge=0, le=MAX_SEED)
-    checkpoint: str | None = None  # an existing state_dict to use instead of training
+    # a file of weights to import instead of training: a published state_dict (with published,
+    # that teacher's file wherever it is) or a bmtard model file
+    checkpoint: str | None = None
+    # a teacher of bmtard.config.teacher_table by name, imported instead of trained: it sets the
+    # architecture (arch and width are not used); its file is checkpoint, or when that is null
+    # teacher_table.default_path (teachers/<dataset>/<name>.pt)
+    published: str | None = _spec(None, choices=PUBLISHED)
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
             epochs=200, lr=0.1, weight_decay=5e-4, milestones=[100, 150]
@@ -224,8 +235,9 @@ class CleanTeacherConfig:
         _no_method_defaults(self.optim)
 
     def resolved(self, dataset: str) -> CleanTeacherConfig:
-        """This config with a null ``arch`` replaced by ``dataset``'s clean teacher."""
-        return _with_arch(self, dataset_table.dataset(dataset).clean_teacher)
+        """This config with the architecture of its published teacher (width 1), or a null
+        ``arch`` replaced by ``dataset``'s clean teacher."""
+        return _with_arch(self, dataset_table.dataset(dataset).clean_teacher, dataset)
 
 
 @dataclass(frozen=True)
@@ -236,7 +248,8 @@ class RobustTeacherConfig:
     arch: str | None = _spec("wrn34_10", choices=ARCHS)
     width: float = _spec(1.0, gt=0, le=MAX_WIDTH)
     seed: int = _spec(0, ge=0, le=MAX_SEED)  # the teacher's own seed (in place of run.seed)
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # as clean_teacher.checkpoint
+    published: str | None = _spec(None, choices=PUBLISHED)  # as clean_teacher.published
     method: str = _spec("trades", choices=("trades", "pgd_at"))
     trades_beta: float = _spec(6.0, ge=0, le=1000)
     attack: TrainAttackConfig = field(default_factory=lambda: TrainAttackConfig(init="gaussian"))
@@ -251,12 +264,17 @@ class RobustTeacherConfig:
         _no_method_defaults(self.optim, self.attack)
 
     def resolved(self, dataset: str) -> RobustTeacherConfig:
-        """This config with a null ``arch`` replaced by ``dataset``'s robust teacher."""
-        return _with_arch(self, dataset_table.dataset(dataset).robust_teacher)
+        """This config with the architecture of its published teacher (width 1), or a null
+        ``arch`` replaced by ``dataset``'s robust teacher."""
+        return _with_arch(self, dataset_table.dataset(dataset).robust_teacher, dataset)
 
 
-def _with_arch(cfg: Any, arch: str) -> Any:
-    """``cfg`` with ``arch`` where its own is null."""
+def _with_arch(cfg: Any, arch: str, dataset: str) -> Any:
+    """``cfg`` with its published teacher's architecture at width 1, or ``arch`` where its own
+    is null."""
+    if cfg.published is not None:
+        spec = teacher_table.teacher(cfg.published, dataset)
+        return dataclasses.replace(cfg, arch=spec.arch, width=1.0)
     return cfg if cfg.arch is not None else dataclasses.replace(cfg, arch=arch)
 
 
@@ -506,6 +524,10 @@ class Params:
                 "distill.checkpoint = best_val needs a validation split: set data.val_limit "
                 "(images held out of the training split)"
             )
+        for section in ("clean_teacher", "robust_teacher"):
+            name = getattr(self, section).published
+            if name is not None:  # a name of the table, but of this dataset?
+                teacher_table.teacher(name, self.data.dataset, f"{section}.published")
         n = self.run.processes
         if n > 1 and method_table.method(self.distill.method).own_networks:
             raise ParamsError(

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bmtard.config import attack_table, dataset_table
+from bmtard.config import attack_table, dataset_table, teacher_table
 from bmtard.config.params import EvaluateConfig, load_params, parse_params, to_dict
 from bmtard.core.errors import BmtardError, CheckpointError, ParamsError
 from bmtard.core.io import sha256_file, write_atomic, write_json
@@ -267,6 +267,8 @@ def evaluate_pipeline(
             "architecture": tinfo.spec.arch,
             "width": tinfo.spec.width,
             "checkpoint_sha256": tinfo.sha256,
+            "source": tinfo.record.source,  # "trained", or the file it was imported from
+            **published_numbers(tinfo.record.published, dataset),
             **acc,
         }
     write_outputs(
@@ -281,6 +283,20 @@ def evaluate_pipeline(
     )
     log.info("wrote %s, %s, %s and the plots in %s", metrics, details, card, plots)
     fail_if_asked(ev, cfg)
+
+
+def published_numbers(name: str | None, dataset: str | None) -> dict[str, Any]:
+    """A published teacher's name and published accuracies (%), for its model card entry ({}
+    for a teacher trained here or imported from a file by path alone)."""
+    if name is None or dataset is None or (dataset, name) not in teacher_table.BY_KEY:
+        return {}
+    t = teacher_table.teacher(name, dataset)
+    return {
+        "published": name,
+        "published_clean": t.clean,
+        "published_autoattack": t.autoattack,
+        "published_by": t.reported_by,
+    }
 
 
 # --------------------------------------------------------------------------- command line

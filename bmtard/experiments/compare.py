@@ -49,6 +49,7 @@ def rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
             "Experiment": r.name,
             "Engine": r.engine,
             "Method": r.label,
+            "Teachers": r.teachers,
             "Student": r.student,
             "Dataset": r.dataset,
             "Seed": r.seed,

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from bmtard.config import attack_table, method_table
+from bmtard.config import attack_table, dataset_table, method_table
 from bmtard.core.errors import BmtardError
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,32 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 W_ROBUST = "W-Robust"  # (clean + AutoAttack) / 2, spec section 6.3
 W_ROBUST_OF = "autoattack"
 IGDM = "+IGDM"  # a method's label with distill.igdm on
+NO_TEACHER = "none"  # the teachers of a method that learns from none
+
+
+def teacher_label(params: dict[str, Any], role: str) -> str:
+    """How tables name the ``role`` teacher of a run's params (as in params.yaml): the published
+    teacher's name, the file it was imported from, or the architecture trained (with its width
+    where not 1)."""
+    section = params.get(f"{role}_teacher") or {}
+    if section.get("published"):
+        return str(section["published"])
+    if section.get("checkpoint"):
+        return Path(str(section["checkpoint"])).name
+    arch = section.get("arch")
+    if arch is None:
+        dataset = (params.get("data") or {}).get("dataset")
+        known = dataset in dataset_table.NAMES
+        arch = getattr(dataset_table.dataset(dataset), f"{role}_teacher") if known else "?"
+    width = float(section.get("width", 1.0))
+    return f"{arch}" + ("" if width == 1.0 else f"×{width:g}") + " (trained)"
+
+
+def teachers_label(params: dict[str, Any], method: str) -> str:
+    """The teachers ``method`` learns from, as tables name them (``NO_TEACHER`` for none)."""
+    spec = method_table.BY_NAME.get(method)
+    roles = spec.teachers if spec else method_table.TEACHER_STAGES
+    return " · ".join(f"{r}: {teacher_label(params, r)}" for r in roles) or NO_TEACHER
 
 
 @dataclass(frozen=True)
@@ -55,6 +81,11 @@ class Run:
         spec = method_table.BY_NAME.get(self.method)
         igdm = (self.params.get("distill", {}).get("igdm") or {}).get("alpha", 0) or 0
         return (spec.label if spec else self.method) + (IGDM if igdm > 0 else "")
+
+    @property
+    def teachers(self) -> str:
+        """The teachers it learned from, as tables name them (``teachers_label``)."""
+        return teachers_label(self.params, self.method)
 
     def value(self, key: str) -> float | None:
         """The accuracy under ``key`` (clean or an attack), or W-Robust for ``W_ROBUST``."""

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bmtard.config import method_table
 from bmtard.experiments.runs import COLUMNS, W_ROBUST, Run
 
 #: the parameter that varies inside a group
@@ -46,6 +47,7 @@ class Group:
     student: str
     dataset: str
     runs: tuple[Run, ...]
+    teachers: str = ""  # the teachers it learned from, as tables name them (runs.teachers_label)
 
     @property
     def seeds(self) -> list[int]:
@@ -71,10 +73,22 @@ def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _unread(run: Run) -> set[str]:
+    """The parameter sections of the teachers ``run``'s method does not learn from (a SAT run
+    is the same setting whatever its clean teacher would have been)."""
+    spec = method_table.BY_NAME.get(run.method)
+    if spec is None:
+        return set()
+    return {f"{r}_teacher." for r in method_table.TEACHER_STAGES if r not in spec.teachers}
+
+
 def _setting(run: Run) -> str:
-    """What makes a run's setting: its parameters but the seed, canonically."""
+    """What makes a run's setting: its parameters but the seed and the teachers it does not
+    learn from, canonically."""
     flat = _flat(run.params)
     flat.pop(".".join(SEED), None)
+    unread = _unread(run)
+    flat = {k: v for k, v in flat.items() if not any(k.startswith(u) for u in unread)}
     return json.dumps(flat, sort_keys=True, default=str)
 
 
@@ -99,25 +113,33 @@ def groups(runs: Sequence[Run]) -> list[Group]:
     out = []
     for members in parts:
         first = members[0]
+        # the teachers column tells runs of other teachers apart: the label names only what
+        # sets this setting apart from those of the same method and teachers
         rivals = [p[0] for p in parts if p is not members and _kind(p[0]) == _kind(first)]
         label = first.label + _difference(first, rivals)
-        out.append(Group(label, first.label, first.student, first.dataset, tuple(members)))
+        out.append(
+            Group(label, first.label, first.student, first.dataset, tuple(members), first.teachers)
+        )
     return out
 
 
-def _kind(run: Run) -> tuple[str, str, str]:
-    return run.label, run.student, run.dataset
+def _kind(run: Run) -> tuple[str, str, str, str]:
+    return run.label, run.student, run.dataset, run.teachers
 
 
 def _difference(run: Run, rivals: Sequence[Run]) -> str:
-    """`` (key=value, ...)``: the settings of ``run`` that a rival sets otherwise ("" if none)."""
+    """`` (key=value, ...)``: the settings of ``run`` that a rival sets otherwise ("" if none),
+    but for the sections of teachers it does not learn from."""
     if not rivals:
         return ""
+    unread = _unread(run)
     mine = _flat(run.params)
     keys = sorted(
         k
         for k in mine
-        if k != ".".join(SEED) and any(_flat(o.params).get(k) != mine[k] for o in rivals)
+        if k != ".".join(SEED)
+        and not any(k.startswith(u) for u in unread)
+        and any(_flat(o.params).get(k) != mine[k] for o in rivals)
     )
     shown = ", ".join(f"{k}={mine[k]}" for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
     return f" ({shown})" if shown else ""
@@ -130,6 +152,7 @@ def summary_rows(found: Sequence[Group]) -> list[dict[str, Any]]:
     for g in found:
         row: dict[str, Any] = {
             "Method": g.label,
+            "Teachers": g.teachers,
             "Student": g.student,
             "Dataset": g.dataset,
             "Seeds": ",".join(map(str, g.seeds)),
@@ -147,7 +170,12 @@ def numbers(found: Sequence[Group]) -> list[dict[str, Any]]:
     """The summary as numbers (a CSV): per group and column its mean, std and n."""
     out = []
     for g in found:
-        row: dict[str, Any] = {"method": g.label, "student": g.student, "dataset": g.dataset}
+        row: dict[str, Any] = {
+            "method": g.label,
+            "teachers": g.teachers,
+            "student": g.student,
+            "dataset": g.dataset,
+        }
         row["seeds"] = " ".join(map(str, g.seeds))
         for header, key in (*COLUMNS, (W_ROBUST, W_ROBUST)):
             stat = g.stat(key)

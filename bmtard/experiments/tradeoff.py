@@ -10,11 +10,13 @@ from typing import Any
 
 from bmtard.core.io import write_atomic
 from bmtard.experiments.reported import MISSING, Reported, reported
-from bmtard.experiments.runs import W_ROBUST_OF, Run
+from bmtard.experiments.runs import NO_TEACHER, W_ROBUST_OF, Run
 from bmtard.experiments.seeds import Group
 
-#: marker shapes of the published points, one per point (runs are filled circles)
+#: marker shapes of the published points, one per point (hollow)
 REPORTED_MARKERS = ("D", "s", "^", "v", "P", "X", "*", "h", "p", "<", ">", "d")
+#: marker shapes of the runs, one per teacher setting (filled; circles where there is one)
+TEACHER_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
 
 
 def points(runs: Sequence[Run]) -> list[dict[str, Any]]:
@@ -26,6 +28,7 @@ def points(runs: Sequence[Run]) -> list[dict[str, Any]]:
             "method": r.label,
             "dataset": r.dataset,
             "student": r.student,
+            "teachers": r.teachers,
             "clean": r.accuracy["clean"],
             "autoattack": r.accuracy[W_ROBUST_OF],
             "source": "run",
@@ -44,6 +47,7 @@ def _reported_point(p: Reported) -> dict[str, Any]:
         "method": p.method,
         "dataset": p.dataset,
         "student": p.student,
+        "teachers": p.teachers,
         "clean": p.clean,
         "autoattack": p.autoattack,
         "source": f"reported: {p.source} [{p.certainty}]",
@@ -53,8 +57,10 @@ def _reported_point(p: Reported) -> dict[str, Any]:
 def plot(pts: list[dict[str, Any]], found: Sequence[Group], dataset: str, path: Path) -> None:
     """Clean (x) against AutoAttack (y) on ``dataset``: each group's runs as small dots and its
     mean as a large one with error bars of one standard deviation (several seeds), one colour
-    per group; published points as hollow black markers, one shape each. The legend names them
-    (text labels beside the points would overlap where runs cluster)."""
+    per setting of a method and one marker shape per teacher setting (the same method from two
+    teachers: one colour, two shapes); published points as hollow black markers, one shape
+    each. The legend names them (text labels beside the points would overlap where runs
+    cluster), with the teachers where the runs learned from more than one setting of them."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -62,21 +68,27 @@ def plot(pts: list[dict[str, Any]], found: Sequence[Group], dataset: str, path: 
 
     fig, ax = plt.subplots(figsize=(8, 5.2), dpi=120)
     mine = [g for g in found if g.dataset == dataset]
-    for i, g in enumerate(mine):
-        color = plt.get_cmap("tab10" if len(mine) <= 10 else "tab20")(i % 20)
+    labels = list(dict.fromkeys(g.label for g in mine))
+    settings = list(dict.fromkeys(g.teachers for g in mine if g.teachers != NO_TEACHER))
+    for g in mine:
+        color = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")(labels.index(g.label) % 20)
+        at = settings.index(g.teachers) if g.teachers in settings else 0
+        marker = TEACHER_MARKERS[at % len(TEACHER_MARKERS)]
         runs = [r for r in g.runs if "clean" in r.accuracy and W_ROBUST_OF in r.accuracy]
         if not runs:
             continue
         ax.scatter(
             [r.accuracy["clean"] for r in runs],
             [r.accuracy[W_ROBUST_OF] for r in runs],
-            s=14, color=color, alpha=0.45, zorder=3,
+            s=14, color=color, alpha=0.45, zorder=3, marker=marker,
         )  # fmt: skip
         clean, robust = g.stat("clean"), g.stat(W_ROBUST_OF)
         seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
+        teachers = f" · {g.teachers}" if len(settings) > 1 else ""
         ax.errorbar(
             [clean.mean], [robust.mean], xerr=[clean.std or 0], yerr=[robust.std or 0],
-            fmt="o", ms=7, color=color, capsize=3, zorder=4, label=f"{g.label} ({seeds})",
+            fmt=marker, ms=7, color=color, capsize=3, zorder=4,
+            label=f"{g.label}{teachers} ({seeds})",
         )  # fmt: skip
     ref = [p for p in pts if p["dataset"] == dataset and p["source"] != "run"]
     for i, p in enumerate(ref):

@@ -2,8 +2,10 @@
 
 Every model takes a float tensor (N, 3, H, W) with values in [0, 1] (32 x 32 for CIFAR, 64 x 64
 for Tiny-ImageNet: the pooling before the classifier is global, which is the reference pooling
-at 32 x 32) and returns logits (N, num_classes). Only ``wrn70_16`` normalizes inside (as its
-published weights expect). ``width`` scales every channel count (rounded,
+at 32 x 32) and returns logits (N, num_classes). Only DeepMind's Wide ResNets (``wrn70_16`` and
+``dm_wrn*``, as RobustBench's ``DMWideResNet``) normalize inside, as their published weights
+expect: ``wrn70_16`` with CIFAR-100's statistics, ``dm_wrn*_cifar10`` / ``_cifar100`` with the
+dataset's their name gives. ``width`` scales every channel count (rounded,
 at least 1); ``width=1.0`` gives exactly the reference architecture and state_dict keys/shapes, so
 published checkpoints load.
 
@@ -26,7 +28,13 @@ from bmtard.models.preact_resnet import PreActResNet18
 from bmtard.models.resnet import ResNet18
 from bmtard.models.resnet_cifar import CifarResNet
 from bmtard.models.wideresnet import WideResNet
-from bmtard.models.wideresnet_swish import WideResNetSwish
+from bmtard.models.wideresnet_swish import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    WideResNetSwish,
+)
 
 __all__ = ["ARCHS", "build_model"]
 
@@ -37,6 +45,13 @@ _REGISTRY: dict[str, Callable[[int, float], nn.Module]] = {
     "resnet56": lambda c, w: CifarResNet(num_classes=c, width=w, blocks_per_stage=9),
     "wrn34_10": lambda c, w: WideResNet(depth=34, num_classes=c, widen_factor=10, width=w),
     "wrn70_16": lambda c, w: WideResNetSwish(depth=70, num_classes=c, widen_factor=16, width=w),
+    # RobustBench's WideResNet(sub_block1=False): the LTD teachers on CIFAR-10
+    "wrn34_10_nosub": lambda c, w: WideResNet(34, c, 10, width=w, sub_block1=False),
+    "wrn34_20_nosub": lambda c, w: WideResNet(34, c, 20, width=w, sub_block1=False),
+    # RobustBench's DMWideResNet (SiLU / Swish), normalized with the named dataset's statistics
+    "dm_wrn28_10_cifar10": lambda c, w: WideResNetSwish(28, c, 10, w, CIFAR10_MEAN, CIFAR10_STD),
+    "dm_wrn28_10_cifar100": lambda c, w: WideResNetSwish(28, c, 10, w, CIFAR100_MEAN, CIFAR100_STD),
+    "dm_wrn70_16_cifar10": lambda c, w: WideResNetSwish(70, c, 16, w, CIFAR10_MEAN, CIFAR10_STD),
 }
 
 ARCHS: tuple[str, ...] = tuple(_REGISTRY)

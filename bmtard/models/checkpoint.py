@@ -65,6 +65,8 @@ class TrainingRecord:
     role: str | None = None
     dataset: str | None = None
     image_size: int | None = None
+    # the published teacher it is (bmtard.config.teacher_table), for a teacher imported by name
+    published: str | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainingRecord:

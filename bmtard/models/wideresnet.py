@@ -5,7 +5,9 @@ State_dict keys match ``yaodongyu/TRADES`` ``models/wideresnet.py`` (the same fi
 ``model_cifar_wrn.pt`` loads: ``conv1``, ``block1``/``sub_block1``/``block2``/``block3`` each with
 ``layer.<i>`` blocks (``bn1``, ``conv1``, ``bn2``, ``conv2``, and ``convShortcut`` where the channel
 count changes), ``bn1``, ``fc``. ``sub_block1`` is built (its weights are in the checkpoint) but,
-as in the reference, never used in ``forward``.
+as in the reference, never used in ``forward``. RobustBench's ``WideResNet`` is the same class
+with ``sub_block1`` optional (``sub_block1=False``: the LTD teachers on CIFAR-10); here
+``sub_block1=False`` gives exactly its keys (``wrn34_10_nosub``, ``wrn34_20_nosub``).
 """
 
 import torch
@@ -69,7 +71,8 @@ class NetworkBlock(nn.Module):
 
 class WideResNet(nn.Module):
     """WRN-``depth``-``widen_factor``: input (N, 3, 32, 32) in [0, 1] (no normalization inside)
-    -> logits (N, num_classes). ``width`` scales every channel count (1.0 = the reference)."""
+    -> logits (N, num_classes). ``width`` scales every channel count (1.0 = the reference);
+    ``sub_block1``: build TRADES' unused copy of ``block1`` (its weights are in the file)."""
 
     def __init__(
         self,
@@ -78,12 +81,14 @@ class WideResNet(nn.Module):
         widen_factor: int = 10,
         drop_rate: float = 0.0,
         width: float = 1.0,
+        sub_block1: bool = True,
     ) -> None:
         super().__init__()
         n, (c0, c1, c2, c3) = wide_layout(depth, widen_factor, width)
         self.conv1 = nn.Conv2d(3, c0, 3, stride=1, padding=1, bias=False)
         self.block1 = NetworkBlock(n, c0, c1, 1, drop_rate)
-        self.sub_block1 = NetworkBlock(n, c0, c1, 1, drop_rate)  # unused; in TRADES' checkpoint
+        if sub_block1:  # unused in forward; its weights are in TRADES' checkpoint
+            self.sub_block1 = NetworkBlock(n, c0, c1, 1, drop_rate)
         self.block2 = NetworkBlock(n, c1, c2, 2, drop_rate)
         self.block3 = NetworkBlock(n, c2, c3, 2, drop_rate)
         self.bn1 = nn.BatchNorm2d(c3)

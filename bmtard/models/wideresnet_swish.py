@@ -7,10 +7,15 @@ so its published weights load: ``init_conv``, ``layer.<g>.block.<i>`` (``batchno
 ``batchnorm_1``, ``conv_1``, and ``shortcut`` where the channel count changes), ``batchnorm``,
 ``logits``. The normalization constants are not in that state_dict (non-persistent buffers here).
 
-Normalization: CIFAR-100's mean and std, which the published CIFAR-100 weights were trained with.
+Normalization: the mean and std of the data the published weights were trained on (``mean``,
+``std``; ``wrn70_16`` takes CIFAR-100's, which the published CIFAR-100 weights were trained with).
 MTARD's ECCV file defaults to CIFAR-10's for every model (spec quirk 10); its CIFAR-100 script
 cannot run as published (it calls an undefined ``wideresnet()``), so there is no faithful call
-to reproduce, and the published weights expect CIFAR-100's.
+to reproduce, and the published weights expect CIFAR-100's. RobustBench's ``DMWideResNet``
+(``robustbench/model_zoo/architectures/dm_wide_resnet.py``) is the same network and keys; the
+models of Wang2023Better, Cui2023Decoupled and Gowal2020/2021 are it at depth 28 or 70 and width
+10 or 16, with CIFAR-10's or CIFAR-100's constants (``dm_wrn*`` in ``bmtard.models``). Its
+``Swish`` and ``nn.SiLU`` are the same function; ``F.silu`` computes it here.
 """
 
 import torch
@@ -20,6 +25,8 @@ from torch import nn
 from bmtard.models._pooling import global_avg_pool
 from bmtard.models._width import wide_layout
 
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
@@ -70,15 +77,22 @@ class BlockGroup(nn.Module):
 
 class WideResNetSwish(nn.Module):
     """WRN-``depth``-``widen_factor`` with Swish: input (N, 3, H, W) in [0, 1], normalized inside
-    -> logits (N, num_classes). ``width`` scales every channel count (1.0 = the reference)."""
+    with ``mean`` and ``std`` (per channel) -> logits (N, num_classes). ``width`` scales every
+    channel count (1.0 = the reference)."""
 
     def __init__(
-        self, depth: int = 70, num_classes: int = 100, widen_factor: int = 16, width: float = 1.0
+        self,
+        depth: int = 70,
+        num_classes: int = 100,
+        widen_factor: int = 16,
+        width: float = 1.0,
+        mean: tuple[float, float, float] = CIFAR100_MEAN,
+        std: tuple[float, float, float] = CIFAR100_STD,
     ) -> None:
         super().__init__()
         n, (c0, c1, c2, c3) = wide_layout(depth, widen_factor, width)
-        self.register_buffer("mean", torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1), False)
-        self.register_buffer("std", torch.tensor(CIFAR100_STD).view(1, 3, 1, 1), False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), False)
         self.init_conv = nn.Conv2d(3, c0, 3, stride=1, padding=1, bias=False)
         self.layer = nn.Sequential(
             BlockGroup(n, c0, c1, 1), BlockGroup(n, c1, c2, 2), BlockGroup(n, c2, c3, 2)

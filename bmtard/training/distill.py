@@ -249,6 +249,9 @@ def run_distill(
             role: {
                 "arch": info.spec.arch,
                 "sha256": info.sha256,
+                # what it was made from: trained, or the file (and published teacher) imported
+                "source": info.record.source,
+                **({"published": info.record.published} if info.record.published else {}),
                 **(
                     {"fine_tuned": "by the method; kept in the student's file"}
                     if role in fine_tuned

@@ -95,17 +95,18 @@ def result_key(section: str, record: TrainingRecord) -> str:
     """Digest of what makes a result this result: stage, parameters, inputs and code. Saved in
     the model's record, with the model wherever it is copied (a DVC queue's temporary copy too):
     a finished run with the same key needs no training (``finished_before``)."""
-    return digest(
-        [
-            section,
-            record.run,
-            record.params,
-            record.method,
-            record.data,
-            record.teachers,
-            loaded_code_sha256(),
-        ]
-    )
+    made_of = [
+        section,
+        record.run,
+        record.params,
+        record.method,
+        record.data,
+        record.teachers,
+        loaded_code_sha256(),
+    ]
+    if record.source_sha256 is not None:  # an imported model: the bytes of the file it came from
+        made_of.append(record.source_sha256)
+    return digest(made_of)
 
 
 def state_key(result: str, out: Path) -> str:

@@ -1,9 +1,11 @@
-"""The two teacher stages: train a teacher, or take a published checkpoint instead; neither when no
-method of the run learns from it (``bmtard.config.method_table``): the stage then writes a file in
+"""The two teacher stages: train a teacher, or import one instead (a published teacher by name, or
+any state_dict file: ``bmtard.training.teacher_import``); neither when no method of the run learns
+from it (``bmtard.config.method_table``): the stage then writes a file in
 the model's place, and curves, that say no teacher was trained."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -32,15 +34,21 @@ from bmtard.training.stage import (
     check_state_dir,
     finish,
     finished_before,
+    result_key,
+    run_record,
     state_root,
     train_and_save,
     write_model,
 )
+from bmtard.training.teacher_import import (
+    TeacherConfig,
+    far_from_published,
+    published_of,
+    teacher_file,
+)
 from bmtard.training.tracking import Tracker
 
 log = logging.getLogger(__name__)
-
-TeacherConfig = CleanTeacherConfig | RobustTeacherConfig
 
 
 def write_not_needed(
@@ -73,7 +81,7 @@ def write_not_needed(
     log.info("%s; wrote %s in the model's place", reason, outputs.model)
 
 
-def _use_checkpoint(
+def _import(
     section: str,
     cfg: TeacherConfig,
     spec: ModelSpec,
@@ -82,26 +90,44 @@ def _use_checkpoint(
     device: torch.device,
     outputs: Outputs,
 ) -> None:
-    """Import ``cfg.checkpoint`` (weights_only, strict keys), check it once on the monitor
-    images, and save it in our format."""
-    assert cfg.checkpoint is not None
-    model = import_state_dict(cfg.checkpoint, spec).to(device)
-    metrics = run_monitor(model, data.test, cfg.monitor, device)
-    log.info("%s: imported %s: %s", section, cfg.checkpoint, metrics)
+    """Import ``cfg.checkpoint`` or the published teacher ``cfg.published`` (weights_only,
+    strict keys), measure it once on the monitor images (one line when a published teacher
+    measures far from its published accuracy), and save it in our format. A finished import of
+    the same file (the same bytes), parameters, data and code is kept."""
+    path, named = teacher_file(section, cfg, data.dataset)
+    entry = published_of(cfg, data.dataset, section)
     record = TrainingRecord(
         stage=section,
         role=section,
         **data.model_fields(),
-        source=str(cfg.checkpoint),
-        source_sha256=sha256_file(cfg.checkpoint),
+        source=named,
+        source_sha256=sha256_file(path),
         params=to_dict(cfg),
-        selected_metrics=metrics,
         data=data.splits,
         code=code_version(),
+        published=None if entry is None else entry.name,
     )
+    if finished_before(section, outputs, record, run):
+        return
+    model = import_state_dict(path, spec).to(device)
+    metrics = run_monitor(model, data.test, cfg.monitor, device)
+    log.info("%s: imported %s: %s", section, named, metrics)
+    if entry is not None:
+        n = data.test.n_first(cfg.monitor.n_images)
+        far = far_from_published(entry, metrics, n)
+        if far:
+            log.warning(
+                "%s: %s measures far from its published accuracy on %d test images: %s; a "
+                "wrong file, input normalization or data shows up so (%s)", section,
+                entry.name, n, "; ".join(far), entry.reported_by,
+            )  # fmt: skip
+    record = dataclasses.replace(record, run=run_record(run), selected_metrics=metrics, key=None)
+    record = dataclasses.replace(record, key=result_key(section, record))
     with Tracker(outputs.live, outputs.tb) as tracker:
         tracker.log(0, metrics)
-        tracker.summary({"source": "checkpoint", **metrics})
+        tracker.summary(
+            {"source": "published" if entry else "checkpoint", "file": named, **metrics}
+        )
         write_model(section, outputs.model, spec, model.state_dict(), record)
     finish(outputs, run, None)
 
@@ -127,13 +153,14 @@ def _teacher(
         params=to_dict(cfg), data=data.splits, code=code_version(),
     )  # fmt: skip
     # what writes without training runs on rank 0 alone when there are several processes
-    if cfg.checkpoint is None and on_main(lambda: finished_before(section, outputs, record, run)):
+    imported = cfg.checkpoint is not None or cfg.published is not None
+    if not imported and on_main(lambda: finished_before(section, outputs, record, run)):
         return  # e.g. rerun because distill.method changed to another method with this teacher
     if not method_table.needs(methods, role):
         on_main(lambda: write_not_needed(section, outputs, methods, run))
         return
-    if cfg.checkpoint is not None:
-        on_main(lambda: _use_checkpoint(section, cfg, spec, run, data, device, outputs))
+    if imported:
+        on_main(lambda: _import(section, cfg, spec, run, data, device, outputs))
         return
     train_and_save(
         spec.build().to(device),
