@@ -229,3 +229,34 @@ def test_seeds_are_aggregated_per_setting_with_mean_std_and_n(tmp_path):
         "wrn34_10×0.1 (trained) | resnet18 | cifar10 | 0,1,2 |"
         in (out / "comparison.md").read_text()
     )
+
+
+def test_runs_of_other_teachers_are_other_settings_with_a_teachers_column(tmp_path):
+    """A grid over the clean teacher: B-MTARD from each teacher is a setting of its own (seeds
+    grouped within a teacher), named by its teachers in a column rather than in its label; SAT,
+    which learns from no teacher, is one setting whatever its clean teacher would have been; the
+    picture draws them (one marker per teacher setting)."""
+    results = tmp_path / "results"
+    for seed, clean in ((0, 40.0), (1, 42.0)):
+        _finished(results / f"b-null-{seed}", "bmtard", seed, _metrics(clean, 10.0))
+        _finished(
+            results / f"b-rn18-{seed}", "bmtard", seed, _metrics(clean + 10, 12.0),
+            clean_teacher__published="AutoAttack_ResNet18",
+        )  # fmt: skip
+        _finished(
+            results / f"sat-{seed}", "sat", seed, _metrics(41.0, 22.0),
+            clean_teacher__published="AutoAttack_ResNet18" if seed else None,
+        )  # fmt: skip
+    runs = gather(tmp_path, use_dvc=False)
+    found = groups(runs)
+    assert [(g.label, g.teachers, g.seeds) for g in found] == [
+        ("B-MTARD", "clean: resnet56×0.25 (trained) · robust: wrn34_10×0.1 (trained)", [0, 1]),
+        ("B-MTARD", "clean: AutoAttack_ResNet18 · robust: wrn34_10×0.1 (trained)", [0, 1]),
+        ("SAT", "none", [0, 1]),
+    ]
+    assert [g.stat("clean").mean for g in found] == [41.0, 51.0, 41.0]
+    assert rows(runs)[2]["Teachers"] == found[1].teachers  # b-null-0, b-null-1, b-rn18-0
+    written = write_comparison(runs, tmp_path / "comparison")
+    assert tmp_path / "comparison" / "tradeoff-cifar10.png" in written
+    summary = (tmp_path / "comparison" / "comparison.md").read_text()
+    assert "| B-MTARD | clean: AutoAttack_ResNet18 · robust: wrn34_10×0.1 (trained) |" in summary

@@ -6,7 +6,15 @@ import pytest
 import yaml
 
 from bmtard.core.errors import ParamsError
-from bmtard.experiments.grid import apply, dvc_command, expand, experiment_params, methods
+from bmtard.experiments.grid import (
+    apply,
+    dvc_command,
+    expand,
+    experiment_params,
+    methods,
+    teacher_params,
+    teacher_variant,
+)
 
 from conftest import ROOT
 
@@ -118,4 +126,53 @@ def test_the_same_grid_as_a_dvc_queue_command():
     )
     assert dvc_command({"evaluate.sanity.enabled": [True, False]}) == (
         "dvc exp run --queue -S 'evaluate.sanity.enabled=true,false'"
+    )
+
+
+def test_teacher_keys_are_named_in_full_and_null_is_a_value():
+    exps = expand({"clean_teacher.published": [None, "AutoAttack_ResNet18"], "run.seed": [0]})
+    assert [e.name for e in exps] == [
+        "clean_teacher-published-null_seed-0",
+        "clean_teacher-published-AutoAttack-ResNet18_seed-0",
+    ]
+    assert exps[0].overrides["clean_teacher.published"] is None
+    both = expand({"clean_teacher.width": [0.5], "robust_teacher.width": [0.2]})
+    assert both[0].name == "clean_teacher-width-0.5_robust_teacher-width-0.2"
+    cmd = dvc_command({"clean_teacher.published": [None, "AutoAttack_ResNet18"]})
+    assert cmd == "dvc exp run --queue -S 'clean_teacher.published=null,AutoAttack_ResNet18'"
+
+
+def test_teacher_variants_are_shared_by_experiments_that_set_them_alike():
+    """An experiment that sets a teacher's keys as params.yaml has them learns from params.yaml's
+    teacher (variant None); others from a variant named by what they set otherwise, one per
+    distinct setting, whose params are params.yaml with those values and nothing of the
+    experiment's own."""
+    exps = expand(
+        {
+            "distill.method": ["mtard", "bmtard"],
+            "clean_teacher.published": [None, "AutoAttack_ResNet18"],
+            "run.seed": [0, 1],
+        }
+    )
+    variants = {e.name: teacher_variant(QUICK, e, "clean") for e in exps}
+    assert set(variants.values()) == {None, "clean_teacher-published-AutoAttack-ResNet18"}
+    assert sum(v is None for v in variants.values()) == 4
+    assert all(teacher_variant(QUICK, e, "robust") is None for e in exps)
+    imported = next(e for e in exps if variants[e.name] is not None and "bmtard" in e.name)
+    params = teacher_params(QUICK, imported, "clean")
+    assert params["clean_teacher"]["published"] == "AutoAttack_ResNet18"
+    assert params["distill"] == QUICK["distill"] and params["run"] == QUICK["run"]
+    # a value equal to params.yaml's is no variant: the same teacher, computed once
+    same = expand({"clean_teacher.width": [QUICK["clean_teacher"]["width"], 0.5]})
+    assert [teacher_variant(QUICK, e, "clean") for e in same] == [None, "clean_teacher-width-0.5"]
+
+
+def test_a_teacher_grid_is_validated_per_experiment():
+    exps = expand({"robust_teacher.published": ["Chen2021LTD_WRN34_20", "Gowal2020Uncovering"]})
+    experiment_params(QUICK, exps[0])  # a CIFAR-10 teacher of the quick preset's CIFAR-10
+    with pytest.raises(ParamsError) as err:
+        experiment_params(QUICK, exps[1])
+    assert str(err.value).startswith(
+        "experiment robust_teacher-published-Gowal2020Uncovering: "
+        "robust_teacher.published = 'Gowal2020Uncovering': not a published cifar10 teacher"
     )

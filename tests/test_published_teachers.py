@@ -316,3 +316,20 @@ def test_the_standard_resnet18_of_the_reference_autoattack_is_the_tables(tmp_pat
     )
     _, info = load_model(out)
     assert (info.spec.arch, info.record.published) == ("resnet18", "AutoAttack_ResNet18")
+
+
+def test_the_docs_table_is_the_tables() -> None:
+    """docs/teachers.md lists every teacher with the table's architecture and numbers."""
+    rows = [
+        line.split("|")[1:-1]
+        for line in (ROOT / "docs" / "teachers.md").read_text().splitlines()
+        if line.startswith("| cifar")
+    ]
+    shown = {(c[0].strip(), c[1].strip().strip("`")): [x.strip() for x in c] for c in rows}
+    assert set(shown) == set(teacher_table.BY_KEY)
+    for key, cells in shown.items():
+        t = teacher_table.BY_KEY[key]
+        assert cells[3].strip("`") == t.arch, key
+        assert cells[4] == (t.normalizes or "—"), key
+        for cell, value in ((cells[5], t.clean), (cells[6], t.autoattack)):
+            assert cell == ("—" if value is None else f"{value:.2f}"), key
