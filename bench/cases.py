@@ -32,20 +32,20 @@ from bmtard.config.params import (
 from bmtard.data.loader import Batches
 from bmtard.data.splits import Split
 from bmtard.data.stage_data import StageData
-from bmtard.methods.adversarial import TRADES
 from bmtard.methods.b_mtard import BMTARD
 from bmtard.methods.balance import Balance
 from bmtard.methods.reference import FloatBalance, device_batches, official_loader, official_step
+from bmtard.methods.trades import TRADES
 from bmtard.models import build_model
 from bmtard.runtime.execution import Execution
-from bmtard.training.distill import BUILDERS, build_method
+from bmtard.training.distill import build_method
 from bmtard.training.loop import CHECK_EVERY, FiniteGuard
 
 Step = Callable[[], None]
 IGDM_SUFFIX = "_igdm"
 #: the distillation methods a case may name (B-MTARD and TRADES have cases of their own), and
 #: each IGDM composes with, as ``<method>_igdm``
-METHODS = tuple(m for m in BUILDERS if m not in ("bmtard", "trades"))
+METHODS = tuple(m for m in method_table.NAMES if m not in ("bmtard", "trades"))
 METHODS_IGDM = tuple(f"{m.name}{IGDM_SUFFIX}" for m in method_table.METHODS if m.igdm)
 
 
@@ -97,7 +97,7 @@ def loop_step(model, method, split, args, device) -> Step:
 
     def step() -> None:
         x, y = next(data)
-        loss, logs = method.batch_loss(model, x, y, 1.0)
+        loss, logs = method.batch_loss(model, x, y)
         guard.record(0, count[0], 0.01, loss, logs)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -23,7 +23,7 @@ from bmtard.data.loader import Batches  # noqa: E402
 from bmtard.data.splits import Split  # noqa: E402
 from bmtard.methods.b_mtard import BMTARD
 from bmtard.methods.balance import Balance  # noqa: E402
-from bmtard.methods.hooks import Hooks  # noqa: E402
+from bmtard.methods.contract import Method  # noqa: E402
 from bmtard.models import build_model  # noqa: E402
 from bmtard.models.checkpoint import ModelSpec  # noqa: E402
 from bmtard.training.loop import Parts, fit, make_optimizer  # noqa: E402
@@ -52,14 +52,14 @@ def _teacher(seed: int, scale: float) -> torch.nn.Module:
     return m.eval()
 
 
-class Recording(Hooks):
+class Recording(Method):
     """B-MTARD's step, with its balance state appended to ``steps`` after every batch."""
 
     def __init__(self, method: BMTARD) -> None:
         self.method, self.steps = method, []
 
-    def batch_loss(self, model, x, y, rate_factor=1.0):
-        out = self.method.batch_loss(model, x, y, rate_factor)
+    def batch_loss(self, model, x, y):
+        out = self.method.batch_loss(model, x, y)
         b = self.method.balance
         self.steps.append([float(b.tau_adv), float(b.tau_nat), float(b.w_adv), float(b.w_nat)])
         return out

@@ -15,7 +15,7 @@ from torch import nn
 from bmtard.config.params import BalanceConfig, TrainAttackConfig
 from bmtard.methods.balance import Balance
 from bmtard.methods.ciard import CIARD, magnitude, push_scale, teacher_lr_factor
-from bmtard.methods.decays import cosine_exp, decay_factor
+from bmtard.methods.decays import cosine_exp
 from bmtard.methods.losses import kl_to_teacher
 from bmtard.models import build_model
 from bmtard.runtime.execution import Execution
@@ -193,8 +193,7 @@ def test_rate_decay_every_batch_of_a_milestone_epoch_or_once_per_milestone(per_s
     tau_lr, w_lr, steps = 0.001, 0.025, []
     for _ in range(3):
         before = float(b.tau_adv)
-        factor = decay_factor(1, (1,), 0.1)  # 1: the loop decays after the milestone epoch
-        method.batch_loss(Rows(S), X, Y, factor)
+        method.batch_loss(Rows(S), X, Y)  # epoch 1: the decay comes after the milestone epoch
         steps.append(abs(float(b.tau_adv) - before))
     if per_step:  # x 0.1 after every batch, as the official float: 1e-3, 1e-4, 1e-5
         for i in range(3):
@@ -202,12 +201,12 @@ def test_rate_decay_every_batch_of_a_milestone_epoch_or_once_per_milestone(per_s
             tau_lr *= 0.1
             w_lr *= 0.1
         assert (b.tau_lr, b.weight_lr) == (tau_lr, w_lr)  # the same float products
-    else:  # the corrected form: the loop's factor (1 in epoch 1, 0.1 from epoch 2)
+    else:  # the corrected form: once per milestone (1 in epoch 1, 0.1 from epoch 2)
         assert steps == pytest.approx([0.001] * 3, rel=1e-9)
         assert (b.tau_lr, b.weight_lr) == (0.001, 0.025)
         method.start_epoch(2)
         before = float(b.tau_adv)
-        method.batch_loss(Rows(S), X, Y, decay_factor(2, (1,), 0.1))
+        method.batch_loss(Rows(S), X, Y)
         assert abs(float(b.tau_adv) - before) == pytest.approx(0.0001, rel=1e-9)
 
 
@@ -370,7 +369,7 @@ def batch(epoch: int, i: int, size: int = 8) -> tuple[torch.Tensor, torch.Tensor
     return torch.rand(size, 3, 8, 8, generator=gen), torch.randint(0, 10, (size,), generator=gen)
 
 
-def train(student, method, opt, steps, milestones=(3,)):
+def train(student, method, opt, steps):
     """The loop's calls for (epoch, batch) in ``steps``; the attack's noise seeded per step."""
     logs, epoch = [], None
     for e, i in steps:
@@ -378,7 +377,7 @@ def train(student, method, opt, steps, milestones=(3,)):
             epoch = e
             method.start_epoch(e)
         torch.manual_seed(1000 * e + i)
-        loss, log = method.batch_loss(student, *batch(e, i), decay_factor(e, milestones, 0.1))
+        loss, log = method.batch_loss(student, *batch(e, i))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

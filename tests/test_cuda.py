@@ -88,7 +88,8 @@ def run_step(student_ex, teacher_ex, data, device, *, width=0.0625, attack=ATTAC
     torch.manual_seed(seed)  # the PGD noise (every device's generator)
     for (x, y), factor in zip(data, FACTORS[: len(data)], strict=True):
         start = time.perf_counter()
-        loss, logs = method.batch_loss(student, x.to(device), y.to(device), factor)
+        method.rate_factor = factor  # as start_epoch sets it from the schedule
+        loss, logs = method.batch_loss(student, x.to(device), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -24,7 +24,8 @@ from bmtard.config.params import (
 from bmtard.data.splits import Split
 from bmtard.data.stage_data import StageData
 from bmtard.methods.balance import MTARDWeights
-from bmtard.methods.baselines import MTARD, RSLAD
+from bmtard.methods.mtard import MTARD
+from bmtard.methods.rslad import RSLAD
 from bmtard.models import ARCHS
 from bmtard.models.checkpoint import load_model
 from bmtard.runtime import device as runtime

@@ -280,8 +280,8 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_state(tmp_path, 
     real = BMTARD.batch_loss
     calls = {"n": 0}
 
-    def poisoned(self, model, x, y, rate_factor=1.0):
-        loss, logs = real(self, model, x, y, rate_factor)
+    def poisoned(self, model, x, y):
+        loss, logs = real(self, model, x, y)
         calls["n"] += 1
         if calls["n"] == 6:  # epoch 2, batch 2
             logs = {**logs, "loss_adv": torch.tensor(float("nan"))}

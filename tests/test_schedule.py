@@ -33,8 +33,7 @@ def test_ciard_cosine_exp_schedule_by_hand():
     import math
 
     from bmtard.config.params import OptimConfig
-    from bmtard.methods.decays import cosine_exp
-    from bmtard.training.schedule import lr_factor
+    from bmtard.methods.decays import cosine_exp, lr_factor
 
     cfg = OptimConfig(epochs=300, schedule="cosine_exp")
     assert lr_factor(1, cfg) == lr_factor(149, cfg) == lr_factor(150, cfg) == 1.0

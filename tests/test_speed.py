@@ -58,7 +58,8 @@ def run_new(ex: Execution, data, factors, width: float = 0.0625):
     trace = []
     torch.manual_seed(7)  # the PGD noise
     for (x, y), factor in zip(data, factors, strict=True):
-        loss, logs = method.batch_loss(student, x, y, factor)
+        method.rate_factor = factor  # as start_epoch sets it from the schedule
+        loss, logs = method.batch_loss(student, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

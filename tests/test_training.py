@@ -26,9 +26,10 @@ from bmtard.core.io import sha256_file
 from bmtard.core.provenance import code_version
 from bmtard.data.splits import Split
 from bmtard.data.stage_data import StageData
-from bmtard.methods.adversarial import PGDAT, TRADES
-from bmtard.methods.hooks import Hooks
+from bmtard.methods.contract import Method
+from bmtard.methods.sat import PGDAT
 from bmtard.methods.standard import Standard
+from bmtard.methods.trades import TRADES
 from bmtard.models import build_model
 from bmtard.models.checkpoint import ModelSpec, TrainingRecord, load_model
 from bmtard.runtime import device as runtime
@@ -110,23 +111,27 @@ class ListBatches:
         return 2
 
 
-class Scripted(Hooks):
+class Scripted(Method):
     """loss = -sum(w): the gradient is -1, so plain SGD adds exactly lr to w per step."""
 
     def __init__(self, nan_at_call: int | None = None, bad: float = float("nan")) -> None:
-        self.factors: list[float] = []
+        self.calls: list[int] = []  # the epoch (from start_epoch) of each batch_loss call
+        self.epoch = 0
         self.nan_at_call = nan_at_call
         self.bad = bad
 
-    def batch_loss(self, model, x, y, rate_factor):
-        self.factors.append(rate_factor)
+    def start_epoch(self, epoch):
+        self.epoch = epoch
+
+    def batch_loss(self, model, x, y):
+        self.calls.append(self.epoch)
         loss = -model.weight.sum()
-        if len(self.factors) == self.nan_at_call:
+        if len(self.calls) == self.nan_at_call:
             loss = loss * self.bad
         return loss, {"a": x[0, 0].detach(), "loss": loss.detach()}
 
     def status(self):
-        return {"calls": float(len(self.factors))}
+        return {"calls": float(len(self.calls))}
 
 
 def _linear() -> nn.Linear:
@@ -161,7 +166,7 @@ def test_fit_lr_schedule_metrics_and_on_epoch():
     assert [m["lr"] for _, m, _ in seen] == pytest.approx(lrs, rel=1e-12)
     # the optimizer really used that lr: w grows by lr per batch (2 batches per epoch)
     assert [w for _, _, w in seen] == pytest.approx([0.2, 0.3, 0.4, 0.45], rel=1e-6)
-    assert method.factors == [1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25]
+    assert method.calls == [1, 1, 2, 2, 3, 3, 4, 4]  # start_epoch before each epoch's batches
     for epoch, metrics, _ in seen:
         assert metrics["a"] == pytest.approx(2.0)  # (3 * 1 + 1 * 5) / 4: weighted by batch size
         assert metrics["calls"] == 2.0 * epoch  # the method's status after the epoch
@@ -191,7 +196,7 @@ def test_fit_stops_on_a_non_finite_loss(call, bad, word):
         fit(Parts(model, method, ListBatches(), make_optimizer(model, cfg)), cfg, section="mine",
             monitor=lambda e: None, on_epoch=lambda e, m: seen.append(e))  # fmt: skip
     assert seen == list(range(1, epoch))  # stopped before that epoch was monitored or logged
-    assert len(method.factors) == 2 * epoch  # the rest of that epoch ran, nothing after it
+    assert len(method.calls) == 2 * epoch  # the rest of that epoch ran, nothing after it
 
 
 def test_fit_reads_the_guard_before_every_save():
@@ -216,14 +221,14 @@ def test_fit_reads_the_guard_before_every_save():
     assert saver.saved == [(0, 1), (0, 2), (1, 0)]  # batch 1 and 2 of epoch 1, its end
 
 
-class Losses(Hooks):
+class Losses(Method):
     """Returns the scripted ``losses`` in turn (with the gradient of w, so that SGD steps)."""
 
     def __init__(self, losses: list[float]) -> None:
         self.losses = losses
         self.calls = 0
 
-    def batch_loss(self, model, x, y, rate_factor):
+    def batch_loss(self, model, x, y):
         value = self.losses[self.calls % len(self.losses)]
         self.calls += 1
         loss = model.weight.sum() * 0 + value
@@ -518,8 +523,8 @@ def test_distill_end_to_end(tmp_path, data, rule):
     assert meta.params == to_dict(cfg.resolved("cifar10"))  # the nulls filled in
     assert meta.code == code_version()
     assert meta.teachers == {
-        "clean": {"arch": "resnet18", "sha256": sha256_file(clean)},
-        "robust": {"arch": "preact_resnet18", "sha256": sha256_file(robust)},
+        "clean": {"arch": "resnet18", "sha256": sha256_file(clean), "source": "trained"},
+        "robust": {"arch": "preact_resnet18", "sha256": sha256_file(robust), "source": "trained"},
     }
     assert meta.data == data.manifest["splits"]
     sm = meta.selected_metrics
@@ -620,7 +625,7 @@ def test_pgd_at_batch_loss(start_mode):
     model.train(start_mode == "train")
     before = _batches_tracked(model)
     torch.manual_seed(7)
-    loss, logs = PGDAT(ATTACK).batch_loss(model, x, y, 1.0)
+    loss, logs = PGDAT(ATTACK).batch_loss(model, x, y)
     assert _batches_tracked(model) == before + 1  # one train-mode forward; crafting in eval mode
     _check_loss_and_grad(model, loss, logs, {"loss", "train_adv_acc"})
 
@@ -669,7 +674,7 @@ def test_trades_batch_loss_matches_the_official_formula(start_mode):
     model.train(start_mode == "train")
     before = _batches_tracked(model)
     torch.manual_seed(9)
-    loss, logs = TRADES(ATTACK, beta=6.0).batch_loss(model, x, y, 1.0)
+    loss, logs = TRADES(ATTACK, beta=6.0).batch_loss(model, x, y)
     assert _batches_tracked(model) == before + 2  # x and x_adv in train mode only
     keys = {"loss", "loss_natural", "loss_robust", "train_acc"}
     assert logs["loss"] == pytest.approx(logs["loss_natural"] + 6.0 * logs["loss_robust"])
@@ -687,7 +692,7 @@ def test_trades_batch_loss_matches_the_official_formula(start_mode):
 
 def test_trades_with_beta_zero_is_clean_cross_entropy_in_train_mode():
     model, (x, y) = _bn_net(), _batch()
-    loss, logs = TRADES(ATTACK, beta=0.0).batch_loss(model, x, y, 1.0)
+    loss, logs = TRADES(ATTACK, beta=0.0).batch_loss(model, x, y)
     params = {k: v.clone() for k, v in model.state_dict().items()}
     ref = TinyNet(bn=True)
     ref.load_state_dict(params)

@@ -54,6 +54,12 @@ class MethodSpec:
     # classes, the official helper's; "batchmean": the textbook KL); the default for the others
     kl_reduction: tuple[tuple[str, str], ...] = ()
     kl_reduction_default: str = "mean"
+    # the module of bmtard.methods that holds it and registers its builder ("" = its name)
+    module: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.module:
+            object.__setattr__(self, "module", self.name)
 
 
 METHODS = (
@@ -88,7 +94,7 @@ METHODS = (
     MethodSpec(
         "bmtard", "B-MTARD", (CLEAN, ROBUST), DISTILL_EPOCHS, DISTILL_MILESTONES, "gaussian", True,
         "B-MTARD's official code: Entropy-Based Balance and Normalization Loss Balance",
-        igdm=True,
+        igdm=True, module="b_mtard",
     ),
     MethodSpec(
         "adaad", "AdaAD", (ROBUST,), ADAAD_EPOCHS, ADAAD_MILESTONES, "gaussian", False,

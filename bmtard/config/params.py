@@ -341,6 +341,12 @@ class DGADConfig:
     # by zero); false: divide by zero, the NaN stops the run
     guard_all_st: bool = True
 
+    def resolved(self, dataset: str, student: str) -> DGADConfig:
+        """A null ``bracket_bug`` on for a MobileNetV2 student (the official branch's)."""
+        if self.bracket_bug is not None:
+            return self
+        return dataclasses.replace(self, bracket_bug=student == "mobilenet_v2")
+
 
 @dataclass(frozen=True)
 class CIARDConfig:
@@ -376,6 +382,16 @@ class PeerAiDConfig:
     peer_kl_trains_student: bool = True  # the peer's KL target S(x') is not detached (the code)
     second_student_forward: bool = True  # the student runs twice on x' (the code; BN moves twice)
     live_clean_target: bool = True  # S(x) in the student's third KL is not detached (the code)
+
+    def check(self, distill: DistillConfig) -> None:
+        _needs_last("peeraid", self.output, distill.checkpoint)
+
+    def resolved(self, dataset: str, student: str) -> PeerAiDConfig:
+        """Each null loss setting by its published value on ``dataset``
+        (``method_table.PEERAID``)."""
+        published = method_table.peeraid_settings(dataset)
+        given = {k: v for k, v in published.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **given) if given else self
 
 
 @dataclass(frozen=True)
@@ -413,8 +429,9 @@ class DistillConfig:
 
     def resolved(self, dataset: str) -> DistillConfig:
         """This config with every null replaced by the method's published value or, for ``arch``
-        and ``kl_scale``, by ``dataset``'s; PeerAiD's loss settings by their published value on
-        ``dataset``; DGAD's bracket bug on for a MobileNetV2 student."""
+        and ``kl_scale``, by ``dataset``'s; and each method's own section by its ``resolved``
+        (``dataset``, the student's arch) where it has one (PeerAiD's published loss settings,
+        DGAD's bracket bug)."""
         spec = method_table.method(self.method)
         data = dataset_table.dataset(dataset)
         o, a = self.optim, self.attack
@@ -432,14 +449,11 @@ class DistillConfig:
         attack = dataclasses.replace(a, init=given(a.init, spec.init))
         convention = data.kl_scale if spec.kl_convention else 1.0
         arch = given(self.arch, data.student)
-        published = method_table.peeraid_settings(dataset)
-        peeraid = dataclasses.replace(
-            self.peeraid,
-            **{k: given(getattr(self.peeraid, k), v) for k, v in published.items()},
-        )
-        dgad = dataclasses.replace(
-            self.dgad, bracket_bug=given(self.dgad.bracket_bug, arch == "mobilenet_v2")
-        )
+        sections = {
+            f.name: getattr(self, f.name).resolved(dataset, arch)
+            for f in dataclasses.fields(self)
+            if hasattr(getattr(self, f.name), "resolved")
+        }
         out = dataclasses.replace(
             self,
             arch=arch,
@@ -447,8 +461,7 @@ class DistillConfig:
             kl_reduction=given(self.kl_reduction, method_table.kl_reduction(self.method, dataset)),
             optim=optim,
             attack=attack,
-            peeraid=peeraid,
-            dgad=dgad,
+            **sections,
         )
         return self if out == self else out
 
@@ -460,11 +473,18 @@ class DistillConfig:
                 f"igdm.alpha = {self.igdm.alpha:g} with method {self.method}: IGDM composes "
                 f"with {on} only (0 turns it off)"
             )
-        if self.peeraid.output == "swa" and self.checkpoint != "last":
-            raise ParamsError(
-                f"peeraid.output = swa with checkpoint {self.checkpoint}: the weight average is "
-                "written at the end of the run; set checkpoint: last"
-            )
+        own = getattr(self, self.method, None)  # the method's own section (distill.<method>)
+        if hasattr(own, "check"):
+            own.check(self)
+
+
+def _needs_last(section: str, output: str, checkpoint: str) -> None:
+    """A method that writes its weight average as the student needs ``checkpoint: last``."""
+    if output == "swa" and checkpoint != "last":
+        raise ParamsError(
+            f"{section}.output = swa with checkpoint {checkpoint}: the weight average is "
+            f"written at the end of the run; set checkpoint: last (or {section}.output: student)"
+        )
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,13 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from bmtard.attacks.pgd import pgd_input
+from bmtard.config.method_table import ROBUST
 from bmtard.config.params import TrainAttackConfig
+from bmtard.methods.contract import Build, Method
+from bmtard.methods.losses import KL_REDUCTIONS, reduce_kl
+from bmtard.methods.registry import register
 from bmtard.methods.split import split_batch_loss
-from bmtard.methods.stateless import Stateless
 from bmtard.runtime.execution import Execution, logits32
-
-#: the KL reductions of the official branches: nn.KLDivLoss()'s mean over B x C (CIFAR-10), and
-#: (1 / B) * the sum (CIFAR-100)
-KL_REDUCTIONS = ("mean", "batchmean")
 
 
 def teacher_forward(teacher: nn.Module, x: Tensor, execution: Execution) -> Tensor:
@@ -74,15 +73,11 @@ def kl_official(z_student: Tensor, z_teacher: Tensor, reduction: str) -> Tensor:
     CIFAR-10 branch); 'batchmean': (1 / B) * the sum (its CIFAR-100 branch, written as the code
     writes it: the factor first)."""
     elem = F.kl_div(F.log_softmax(z_student, dim=1), F.softmax(z_teacher, dim=1), reduction="none")
-    if reduction == "mean":
-        return elem.mean()
-    if reduction == "batchmean":
-        return (1 / len(z_student)) * elem.sum()
-    raise ValueError(f"reduction = {reduction!r}: allowed are {', '.join(KL_REDUCTIONS)}")
+    return reduce_kl(elem, reduction, factor_first=True)
 
 
 @dataclass
-class AdaAD(Stateless):
+class AdaAD(Method):
     """One AdaAD step per batch (official ``main.py::train``, branch ``AdaAD``).
 
     x' from ``adaad_attack`` (student and teacher in eval mode, gradient through both). Then the
@@ -130,7 +125,7 @@ class AdaAD(Stateless):
         return {"x": x, "y": y, "x_adv": x_adv}
 
     def loss_from(
-        self, batch: dict[str, Tensor], logits: dict[str, Tensor], rate_factor: float = 1.0
+        self, batch: dict[str, Tensor], logits: dict[str, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss from the student's fp32 logits {'nat', 'adv'} on the crafted batch."""
         ex = self.execution
@@ -146,6 +141,12 @@ class AdaAD(Stateless):
         }
 
     def batch_loss(
-        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
+        self, model: nn.Module, x: Tensor, y: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        return split_batch_loss(self, model, x, y, rate_factor)
+        return split_batch_loss(self, model, x, y)
+
+
+@register("adaad")
+def from_config(b: Build) -> Method:
+    c = b.cfg
+    return AdaAD(b.teachers[ROBUST], c.attack, c.adaad.alpha, c.kl_reduction, b.execution)

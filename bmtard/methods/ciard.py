@@ -51,9 +51,9 @@ Official quirks kept by default, each with its switch:
 - ``per_step_decay`` (True): ``CIARD.py``'s batch loop multiplies the balance rates (eta_w,
   eta_tau) by ``rate_decay`` "if epoch in [215, 260, 285]", i.e. after **every batch** of those
   epochs (391 times at batch 128), so tau and w freeze within epoch 215 (eta_tau and eta_w
-  underflow to exactly 0.0 after its 321st and 323rd batches); ``rate_factor`` is then ignored.
-  False decays them once per milestone as B-MTARD does: the rates times the loop's
-  ``rate_factor`` (``rate_decay`` per finished milestone).
+  underflow to exactly 0.0 after its 321st and 323rd batches). False decays them once per
+  milestone as B-MTARD does: the rates times ``rate_decay`` per milestone finished before the
+  epoch.
 - ``teacher_clean_pass`` (True): the robust teacher's forward on the clean x (train mode, no
   graph) that the official code computes for a commented-out push term: it only moves the
   teacher's BatchNorm statistics. False skips it.
@@ -81,11 +81,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bmtard.attacks.pgd import pgd_ce
+from bmtard.config.method_table import CLEAN, ROBUST
 from bmtard.config.params import TrainAttackConfig
 from bmtard.methods.balance import Balance
-from bmtard.methods.decays import cosine_exp
-from bmtard.methods.hooks import Hooks
+from bmtard.methods.contract import Build, Method
+from bmtard.methods.decays import cosine_exp, decay_factor
 from bmtard.methods.losses import kl_to_teacher, neg_entropy, teacher_probs
+from bmtard.methods.registry import register
 from bmtard.runtime.execution import Execution, logits32
 
 #: the official milestones of the balance rates' decay (``distill.optim.milestones``)
@@ -142,7 +144,7 @@ def push_scale(l_adv: Tensor, l_nat: Tensor, l_push: Tensor) -> Tensor:
 
 
 @dataclass
-class CIARD(Hooks):
+class CIARD(Method):
     """One CIARD step per batch (module docstring), with no host-device synchronisation.
 
     teacher_adv: the robust teacher as loaded (fp32, any mode): taken over and trained.
@@ -220,7 +222,7 @@ class CIARD(Hooks):
             group["lr"] = lr
 
     def batch_loss(
-        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
+        self, model: nn.Module, x: Tensor, y: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         ex, b, teacher = self.execution, self.balance, self.teacher_adv
         x = ex.layout(x)
@@ -247,7 +249,8 @@ class CIARD(Hooks):
         p_tn = teacher_probs(z_tn, b.tau_nat)
         loss_adv = self.kl_scale * kl_to_teacher(z_sa, p_ta, self.kl_reduction)
         loss_nat = self.kl_scale * kl_to_teacher(z_sn, p_tn, self.kl_reduction)
-        rates = 1.0 if self.per_step_decay else rate_factor
+        once = decay_factor(self.epoch, self.milestones, self.rate_decay)  # per milestone
+        rates = 1.0 if self.per_step_decay else once
         b.update_temperatures(neg_entropy(p_ta), neg_entropy(p_tn), rates)
         b.update_weights(loss_adv, loss_nat, rates)
         if self.weighted:
@@ -308,3 +311,18 @@ class CIARD(Hooks):
         self.teacher_adv.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["teacher_optimizer"])
         self._pending = None
+
+
+@register("ciard")
+def from_config(b: Build) -> Method:
+    c, t, k = b.cfg, b.teachers, b.cfg.ciard
+    return CIARD(
+        t[ROBUST], t[CLEAN], c.attack, Balance.from_config(c.balance, b.device),
+        teacher_lr=k.teacher_lr, teacher_momentum=k.teacher_momentum,
+        teacher_weight_decay=k.teacher_weight_decay, teacher_from=k.teacher_from,
+        teacher_until=c.optim.epochs, push_temperature=k.push_temperature,
+        milestones=tuple(c.optim.milestones), rate_decay=c.optim.gamma, weighted=k.weighted,
+        per_step_decay=k.per_step_decay, teacher_clean_pass=k.teacher_clean_pass,
+        kl_reduction=c.kl_reduction, kl_scale=c.kl_scale,
+        execution=b.execution,
+    )  # fmt: skip

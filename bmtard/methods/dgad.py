@@ -11,9 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bmtard.config.method_table import ROBUST
 from bmtard.config.params import TrainAttackConfig
+from bmtard.core import distributed
 from bmtard.methods.adaad import adaad_attack
-from bmtard.methods.stateless import Stateless
+from bmtard.methods.contract import Build, Method
+from bmtard.methods.registry import register
 from bmtard.runtime.execution import Execution, logits32
 
 F64 = torch.float64
@@ -60,7 +63,7 @@ def scalar(value: Tensor) -> Tensor:
 
 
 @dataclass
-class DGAD(Stateless):
+class DGAD(Method):
     """One DGAD step per batch (official ``main.py::train``, branch ``DGAD``, ``--alp on``).
 
     x' from AdaAD's attack on the whole batch (``bmtard.methods.adaad.adaad_attack``). The
@@ -110,7 +113,7 @@ class DGAD(Stateless):
             raise ValueError(f"batch_size = {self.batch_size}: must be at least 1")
 
     def batch_loss(
-        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
+        self, model: nn.Module, x: Tensor, y: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         ex = self.execution
         x = ex.layout(x)
@@ -156,3 +159,15 @@ class DGAD(Stateless):
             "loss_pcr": pcr.detach(),
             "st_fraction": (n / b).to(torch.float32),
         }
+
+
+@register("dgad")
+def from_config(b: Build) -> Method:
+    c, d = b.cfg, b.cfg.dgad
+    return DGAD(
+        # its sums are divided by the batch size: each process divides by its share of it
+        b.teachers[ROBUST], c.attack, batch_size=c.optim.batch_size // distributed.world(),
+        beta=d.beta,
+        fixed_divisor=d.fixed_divisor, bracket_bug=bool(d.bracket_bug),
+        guard_all_st=d.guard_all_st, execution=b.execution,
+    )  # fmt: skip

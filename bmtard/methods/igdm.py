@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bmtard.methods.split import Splittable
+from bmtard.methods.contract import Method, Splittable
 from bmtard.runtime.execution import logits32
 
 
@@ -50,7 +50,7 @@ def igdm_term(s_plus: Tensor, s_minus: Tensor, t_plus: Tensor, t_minus: Tensor) 
 
 
 @dataclass
-class IGDM:
+class IGDM(Method):
     """A base method (``Splittable``) plus IGDM's term.
 
     Per batch: the base's attack gives x' (clamped to [0, 1]) and d = x' - x; the student, in
@@ -112,7 +112,7 @@ class IGDM:
         return self.epoch / self.ramp_epochs
 
     def batch_loss(
-        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
+        self, model: nn.Module, x: Tensor, y: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         if self.epoch < 1:
             raise RuntimeError("IGDM: start_epoch(epoch) must be called before batch_loss")
@@ -128,9 +128,7 @@ class IGDM:
         model.train()
         with ex.autocast():
             z = {name: logits32(model(inputs[name])) for name in self.order}
-        loss_base, logs = self.base.loss_from(
-            batch, {name: z[name] for name in self.base.FORWARDS}, rate_factor
-        )
+        loss_base, logs = self.base.loss_from(batch, {name: z[name] for name in self.base.FORWARDS})
         t_plus = ex.teacher_logits(self.teacher, x_plus)
         t_minus = ex.teacher_logits(self.teacher, x_minus)
         loss_igdm = igdm_term(z["plus"], z["minus"], t_plus, t_minus)

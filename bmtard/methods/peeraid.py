@@ -44,7 +44,12 @@ from bmtard.attacks.pgd import pgd
 from bmtard.config import method_table
 from bmtard.config.params import TrainAttackConfig
 from bmtard.core.errors import BmtardError
-from bmtard.methods.hooks import Hooks
+from bmtard.data.loader import Batches
+from bmtard.methods.contract import Build, Method
+from bmtard.methods.decays import lr_factor
+from bmtard.methods.losses import KL_REDUCTIONS, reduce_kl
+from bmtard.methods.registry import register
+from bmtard.models.checkpoint import ModelSpec
 from bmtard.runtime.execution import Execution, logits32
 
 #: PeerAiD's published loss settings per dataset, as its ResNet-18 training scripts pass them
@@ -60,7 +65,6 @@ OFFICIAL_SWA_FROM = 215
 
 #: what the pipeline may write as the student (``distill.peeraid.output``)
 OUTPUTS = ("student", "swa")
-KL_REDUCTIONS = ("mean", "batchmean")
 
 
 def kl_div(log_q: Tensor, p: Tensor, reduction: str = "mean") -> Tensor:
@@ -70,12 +74,7 @@ def kl_div(log_q: Tensor, p: Tensor, reduction: str = "mean") -> Tensor:
     'mean': over all B x C elements (``nn.KLDivLoss()``'s default, the official code);
     'batchmean': summed over classes, averaged over the batch (the KL divergence itself).
     """
-    elem = F.kl_div(log_q, p, reduction="none")
-    if reduction == "mean":
-        return elem.mean()
-    if reduction == "batchmean":
-        return elem.sum() / elem.shape[0]
-    raise ValueError(f"reduction = {reduction!r}: allowed are {', '.join(KL_REDUCTIONS)}")
+    return reduce_kl(F.kl_div(log_q, p, reduction="none"), reduction)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -129,7 +128,7 @@ def recompute_batch_norm(model: nn.Module, batches: Iterable[tuple[Tensor, Tenso
 
 
 @dataclass(eq=False)
-class PeerAiD(Hooks):
+class PeerAiD(Method):
     """PeerAiD's step, its peer's optimizer and the weight average of the student.
 
     Arguments (units; the official default):
@@ -149,11 +148,11 @@ class PeerAiD(Hooks):
           training loader); deterministic for a given epoch (e.g. a ``bmtard.data.loader.Batches``
           of its own, with another seed: ``b.set_epoch(epoch); return b``), and drawing nothing
           from the global random generators is best.
-      temperature: T of the student's two KL terms (5; Tiny-ImageNet 1).
-      peer_temperature: T_r of the peer's KL term (1).
-      gamma1, gamma2: weights of the peer's CE and KL terms (1; 0.1 | 1 | 100).
-      lambda1, lambda2, lambda3: weights of the student's CE, KL-to-peer and KL-to-clean terms
-          ((0, 1, 1); Tiny-ImageNet (0.035, 35, 20)). See ``PUBLISHED``.
+      temperature: T of the student's two KL terms; peer_temperature: T_r of the peer's KL
+          term; gamma1, gamma2: weights of the peer's CE and KL terms; lambda1, lambda2,
+          lambda3: weights of the student's CE, KL-to-peer and KL-to-clean terms. Their
+          published values per dataset are ``PUBLISHED`` (the method table's); the defaults
+          here are CIFAR-10's.
       swa_from: the first epoch (1-based) at whose end the student is averaged
           (``OFFICIAL_SWA_FROM`` = 215, see there; it follows the first lr milestone).
       momentum, weight_decay: the peer's SGD (0.9, 2e-4; no Nesterov, no dampening).
@@ -196,13 +195,13 @@ class PeerAiD(Hooks):
     attack: TrainAttackConfig
     lr_at: Callable[[int], float]
     bn_batches: Callable[[int], Iterable[tuple[Tensor, Tensor]]]
-    temperature: float = 5.0
-    peer_temperature: float = 1.0
-    gamma1: float = 1.0
-    gamma2: float = 0.1
-    lambda1: float = 0.0
-    lambda2: float = 1.0
-    lambda3: float = 1.0
+    temperature: float = PUBLISHED["cifar10"]["temperature"]
+    peer_temperature: float = PUBLISHED["cifar10"]["peer_temperature"]
+    gamma1: float = PUBLISHED["cifar10"]["gamma1"]
+    gamma2: float = PUBLISHED["cifar10"]["gamma2"]
+    lambda1: float = PUBLISHED["cifar10"]["lambda1"]
+    lambda2: float = PUBLISHED["cifar10"]["lambda2"]
+    lambda3: float = PUBLISHED["cifar10"]["lambda3"]
     swa_from: int = OFFICIAL_SWA_FROM
     momentum: float = 0.9
     weight_decay: float = 2e-4
@@ -247,10 +246,10 @@ class PeerAiD(Hooks):
     # the step
 
     def batch_loss(
-        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
+        self, model: nn.Module, x: Tensor, y: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """PeerAiD's L_peer + L_student on one batch: x (B, C, H, W) in [0, 1], y (B,).
-        The loss's backward reaches the student and the peer; ``rate_factor`` is unused."""
+        The loss's backward reaches the student and the peer."""
         if _unwrap(model) is not self.student:
             raise ValueError("PeerAiD: batch_loss got another model than its student")
         ex, peer = self.execution, self.peer
@@ -383,3 +382,33 @@ class PeerAiD(Hooks):
         self.peer_optimizer.load_state_dict(state["peer_optimizer"])
         self.swa.load_state_dict(state["swa"])
         self.swa_n = int(state["swa_n"])
+
+
+@register("peeraid")
+def from_config(b: Build) -> Method:
+    """The peer (the student's architecture, initialised after the student from the run's
+    seed), its lr the student's schedule, its BatchNorm pass a shuffled, augmented pass over the
+    training split of its own (another seed than the training batches')."""
+    c, p = b.cfg, b.cfg.peeraid
+    spec = ModelSpec(c.arch, c.width, b.data.num_classes)
+    peer = b.execution.student(spec.build().to(b.device))
+    swa = b.execution.student(spec.build().to(b.device))
+    passes = Batches(
+        b.data.train, c.optim.batch_size, device=b.device, shuffle=True, augment=True,
+        seed=b.seed + 1,
+    )  # fmt: skip
+
+    def bn_batches(epoch: int) -> Batches:
+        passes.set_epoch(epoch)
+        return passes
+
+    return PeerAiD(
+        b.student, peer, c.attack, lr_at=lambda e: c.optim.lr * lr_factor(e, c.optim),
+        bn_batches=bn_batches, temperature=p.temperature, peer_temperature=p.peer_temperature,
+        gamma1=p.gamma1, gamma2=p.gamma2, lambda1=p.lambda1, lambda2=p.lambda2,
+        lambda3=p.lambda3, swa_from=p.swa_from, momentum=c.optim.momentum,
+        weight_decay=c.optim.weight_decay, kl_reduction=c.kl_reduction,
+        peer_kl_trains_student=p.peer_kl_trains_student,
+        second_student_forward=p.second_student_forward, live_clean_target=p.live_clean_target,
+        swa=swa, execution=b.execution, output_choice=p.output,
+    )  # fmt: skip

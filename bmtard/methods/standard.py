@@ -7,18 +7,18 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bmtard.methods.stateless import Stateless
+from bmtard.methods.contract import Method
 from bmtard.runtime.execution import Execution, logits32
 
 
 @dataclass
-class Standard(Stateless):
+class Standard(Method):
     """Cross-entropy on clean images, model in train mode. Logs are detached 0-dim tensors."""
 
     execution: Execution = field(default_factory=Execution)
 
     def batch_loss(
-        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
+        self, model: nn.Module, x: Tensor, y: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         ex = self.execution
         model.train()

@@ -30,8 +30,8 @@ from tqdm import tqdm
 from bmtard.config.params import OptimConfig
 from bmtard.core import distributed, faults
 from bmtard.core.errors import Interrupted, TrainingError
-from bmtard.methods.decays import decay_factor
-from bmtard.training.schedule import lr_factor
+from bmtard.methods.contract import Method
+from bmtard.methods.decays import lr_factor
 from bmtard.training.state import Progress
 
 log = logging.getLogger(__name__)
@@ -39,25 +39,6 @@ log = logging.getLogger(__name__)
 
 #: steps between two reads of the finiteness guard (each read waits for the device once)
 CHECK_EVERY = 50
-
-
-class Method(Protocol):
-    def batch_loss(
-        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float
-    ) -> tuple[Tensor, dict[str, Tensor]]: ...
-
-    def status(self) -> dict[str, float]: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-    # the hooks (bmtard.methods.hooks.Hooks has them as no-ops)
-    def start_epoch(self, epoch: int) -> None: ...
-
-    def after_step(self) -> None: ...
-
-    def end_epoch(self, epoch: int) -> None: ...
 
 
 class EpochBatches(Protocol):
@@ -187,8 +168,8 @@ def fit(
     """Train ``parts.model`` from ``start`` (default: the beginning) to ``cfg.epochs``.
 
     Each epoch: lr = cfg.lr * lr_factor(epoch) (``cfg.schedule``); ``method.start_epoch``; one
-    ``method.batch_loss`` + SGD step + ``method.after_step`` per batch, the balance rates decayed at
-    the milestones (``rate_factor``); ``method.end_epoch``; then the epoch's metrics
+    ``method.batch_loss`` + SGD step + ``method.after_step`` per batch (the contract:
+    ``bmtard.methods.contract``); ``method.end_epoch``; then the epoch's metrics
     (batch-size-weighted means of the method's logs, the method's status, the lr, and whatever
     ``monitor(epoch)`` returns) go to ``on_epoch``. ``stop`` is truthy once a stop was requested.
     ``section`` names the parameter section in messages (e.g. ``distill``). A non-finite loss or
@@ -217,7 +198,6 @@ def fit(
         desc=section, unit="epoch", initial=progress.epoch, total=cfg.epochs, disable=quiet,
     )  # fmt: skip
     for epoch in epochs:
-        factor = decay_factor(epoch, cfg.milestones, cfg.gamma)  # the balance rates' decay
         lr = cfg.lr * lr_factor(epoch, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -236,7 +216,7 @@ def fit(
                 rows = distributed.shard(total)
                 x, y = x[rows], y[rows]
             with _out_of_memory(where, f"{section}.optim.batch_size", cfg.batch_size):
-                loss, logs = method.batch_loss(net, x, y, factor)
+                loss, logs = method.batch_loss(net, x, y)
                 guard.record(epoch, progress.batch + 1, lr, loss, logs)
                 opt.zero_grad(set_to_none=True)
                 if net is model:

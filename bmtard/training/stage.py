@@ -33,11 +33,11 @@ from bmtard.data.loader import Batches
 from bmtard.data.splits import Split
 from bmtard.data.stage_data import StageData
 from bmtard.evaluation.accuracy import monitor as run_monitor
+from bmtard.methods.contract import Method
 from bmtard.models.checkpoint import ModelSpec, TrainingRecord, save_model, saved_record
 from bmtard.runtime.execution import Execution
 from bmtard.training.loop import (
     LossLimit,
-    Method,
     NoSaver,
     Parts,
     Stopped,

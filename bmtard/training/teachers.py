@@ -19,8 +19,9 @@ from bmtard.core.provenance import code_version
 from bmtard.core.stop import StopRequest
 from bmtard.data.stage_data import StageData
 from bmtard.evaluation.accuracy import monitor as run_monitor
-from bmtard.methods.adversarial import PGDAT, TRADES
+from bmtard.methods.sat import PGDAT
 from bmtard.methods.standard import Standard
+from bmtard.methods.trades import TRADES
 from bmtard.models.checkpoint import (
     ModelSpec,
     TrainingRecord,

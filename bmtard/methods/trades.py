@@ -1,4 +1,5 @@
-"""Adversarial training of the robust teacher: PGD-AT (Madry et al.) and TRADES (Zhang et al.)."""
+"""TRADES (Zhang et al.): the ``trades`` student (no teacher, ``distill.trades_beta``) and the
+robust teacher's default training (``robust_teacher.method: trades``)."""
 
 from __future__ import annotations
 
@@ -8,35 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bmtard.attacks.pgd import pgd, pgd_ce
+from bmtard.attacks.pgd import pgd
 from bmtard.config.params import TrainAttackConfig
-from bmtard.methods.stateless import Stateless
+from bmtard.methods.contract import Build, Method
+from bmtard.methods.registry import register
 from bmtard.runtime.execution import Execution, logits32
 
 
 @dataclass
-class PGDAT(Stateless):
-    """Cross-entropy on PGD-CE examples crafted with the model in eval mode (BN frozen)."""
-
-    attack: TrainAttackConfig
-    execution: Execution = field(default_factory=Execution)
-
-    def batch_loss(
-        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        a, ex = self.attack, self.execution
-        model.eval()
-        with ex.autocast():
-            x_adv = pgd_ce(model, ex.layout(x), y, **a.pgd_args())
-            model.train()
-            logits = logits32(model(x_adv))
-        loss = F.cross_entropy(logits, y)
-        acc = 100 * (logits.argmax(1) == y).float().mean()  # %
-        return loss, {"loss": loss.detach(), "train_adv_acc": acc}
-
-
-@dataclass
-class TRADES(Stateless):
+class TRADES(Method):
     """CE(f(x), y) + beta * KL(f(x) || f(x_adv)) / B; x_adv maximises that KL (eval mode while
     crafting, 0.001-Gaussian start by default, as the TRADES code).
 
@@ -49,7 +30,7 @@ class TRADES(Stateless):
     execution: Execution = field(default_factory=Execution)
 
     def batch_loss(
-        self, model: nn.Module, x: Tensor, y: Tensor, rate_factor: float = 1.0
+        self, model: nn.Module, x: Tensor, y: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         a, ex = self.attack, self.execution
         x = ex.layout(x)
@@ -78,3 +59,8 @@ class TRADES(Stateless):
             "loss_robust": robust.detach(),
             "train_acc": acc,
         }
+
+
+@register("trades")
+def from_config(b: Build) -> Method:
+    return TRADES(b.cfg.attack, b.cfg.trades_beta, b.execution)
