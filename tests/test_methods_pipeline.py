@@ -378,6 +378,6 @@ def test_the_teacher_stage_names_a_wrong_method_in_one_line():
         with pytest.raises(ParamsError) as e:
             methods_arg(bad)
         assert str(e.value) == (
-            f"--method {bad!r}: {name!r} is not a method; allowed are sat, trades, ard, rslad, "
-            "mtard, bmtard, adaad, dgad, ciard, peeraid"
+            f"--method {bad!r}: {name!r} is not a method; allowed are "
+            f"{', '.join(method_table.NAMES)}"
         )
