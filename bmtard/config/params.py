@@ -395,6 +395,39 @@ class PeerAiDConfig:
 
 
 @dataclass(frozen=True)
+class SAADConfig:
+    """SAAD's sample weights, its IGDM term, its attack and weight averaging (bmtard.methods.saad;
+    null: the published value, ``method_table.SAAD`` on the data's dataset, or the run's epochs)."""
+
+    igdm_alpha: float | None = _spec(None, ge=0, le=1000)  # the IGDM term's weight
+    # its ramp alpha * epoch / ramp_epochs; null: the run's epochs (the code's epoch / epochs)
+    ramp_epochs: int | None = _spec(None, ge=1, le=MAX_EPOCHS)
+    clean_weight: float = _spec(0.0, ge=0, le=1000)  # (1 - w_norm) KL(T(x) || S(x)), --beta
+    renyi_order: float = _spec(
+        1.0, gt=0, le=100
+    )  # the teacher's entropy on x', --gamma (1: Shannon)
+    entropy_scale: float = _spec(5.0, ge=0, le=1000)  # w = scale (H - min H): the code's 5
+    linearization: float = _spec(
+        1.0, ge=0, le=100
+    )  # the attack's teacher correction, --lambda_inner
+    swa_from: int = _spec(95, ge=1, le=MAX_EPOCHS)  # averaging at the end of this epoch and later
+    # the weights written as the student: the student's own (selected by distill.checkpoint, the
+    # harness's protocol) or the weight average (the code's protocol: with checkpoint last)
+    output: str = _spec("student", choices=("student", "swa"))
+    final_bn_pass: bool = True  # the code's second BatchNorm pass after the last epoch's
+    clamp_minus: bool = False  # clamp x - d of the IGDM term to [0, 1] (the code does not)
+
+    def check(self, distill: DistillConfig) -> None:
+        _needs_last("saad", self.output, distill.checkpoint)
+
+    def resolved(self, dataset: str, student: str) -> SAADConfig:
+        """A null ``igdm_alpha`` by its published value on ``dataset``."""
+        if self.igdm_alpha is not None:
+            return self
+        return dataclasses.replace(self, **method_table.saad_settings(dataset))
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     """Training of the student: B-MTARD, or a baseline of the paper's comparison
     (``bmtard.config.method_table``). Null ``optim.epochs``, ``optim.milestones`` and
@@ -413,6 +446,7 @@ class DistillConfig:
     dgad: DGADConfig = field(default_factory=DGADConfig)
     ciard: CIARDConfig = field(default_factory=CIARDConfig)
     peeraid: PeerAiDConfig = field(default_factory=PeerAiDConfig)
+    saad: SAADConfig = field(default_factory=SAADConfig)
     igdm: IGDMConfig = field(default_factory=IGDMConfig)  # on ard, rslad, mtard, bmtard, adaad
     # mean: torch.mean over batch x classes, i.e. KL / C (the official code);
     # batchmean: the KL divergence averaged over the batch (the textbook scale);
