@@ -42,7 +42,10 @@ def teacher_file(section: str, cfg: TeacherConfig, dataset: str) -> tuple[Path, 
     queue's copy, which holds only what git tracks). A missing published file is one line that
     says where to download it and where to put it."""
     if cfg.checkpoint is not None:
-        return from_project(cfg.checkpoint), cfg.checkpoint
+        path = from_project(cfg.checkpoint)
+        if not path.is_file():
+            raise CheckpointError(f"{cfg.checkpoint}: checkpoint not found ({section}.checkpoint)")
+        return path, cfg.checkpoint
     entry = published_of(cfg, dataset, section)
     assert entry is not None, "import without checkpoint or published"
     where = teacher_table.default_path(dataset, entry.name)
