@@ -1,5 +1,5 @@
 """The package's commands: ``python -m bmtard evaluate ...`` (any checkpoint, the pipeline's
-protocol; ``bmtard.evaluation.evaluate``), ``python -m bmtard compare ...`` (every finished run in
+protocol; ``bmtard.evaluation.command``), ``python -m bmtard compare ...`` (every finished run in
 one table and picture; ``bmtard.experiments.compare``) and ``python -m bmtard curves ...`` (a
 run's temperatures and loss weights; ``bmtard.experiments.curves``), ``python -m bmtard check``
 (params.yaml and a grid validated, with the stages' one-line message; ``bmtard.experiments.check``)
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 
 def _evaluate(argv: Sequence[str]) -> int:
-    from bmtard.evaluation.evaluate import main
+    from bmtard.evaluation.command import main
 
     return main(argv)
 

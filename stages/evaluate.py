@@ -1,7 +1,7 @@
 """Stage evaluate: the attack protocol on the student, and a check of both teachers
 (params: run, evaluate)."""
 
-from bmtard.evaluation.evaluate import evaluate_pipeline
+from bmtard.evaluation.stage import evaluate_pipeline
 from bmtard.runtime import device as runtime
 from bmtard.runtime.cli import run_stage
 

@@ -7,7 +7,7 @@ import functools
 
 import pytest
 
-from bmtard.attacks.autoattack import autoattack
+from bmtard.attacks.autoattack import AutoAttackRun
 from bmtard.attacks.cw import cw_inf
 from bmtard.attacks.fgsm import fgsm
 from bmtard.attacks.pgd import pgd_ce
@@ -24,16 +24,30 @@ EXPECTED = {
     "pgd_sat": (pgd_ce, {"eps": E, "step_size": 2 / 255, "steps": 20, "init": "uniform"}),
     "pgd_trades": (pgd_ce, {"eps": E, "step_size": 0.003, "steps": 20, "init": "uniform"}),
     "cw_inf": (cw_inf, {"eps": E, "step_size": 2 / 255, "steps": 30, "kappa": 50.0}),
-    "autoattack": (autoattack, {"eps": E, "version": "standard", "seed": 0}),
+    "autoattack": (AutoAttackRun, {"eps": E, "version": "standard", "seed": 0}),
 }
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_each_attack_has_the_protocols_settings_exactly(name):
     attack = protocol_attack(name, 8.0)
-    assert isinstance(attack, functools.partial)
     func, keywords = EXPECTED[name]
+    if isinstance(attack, AutoAttackRun):  # its own callable, which keeps the flags
+        assert attack == AutoAttackRun(**keywords)  # == on floats: bit for bit
+        return
+    assert isinstance(attack, functools.partial)
     assert attack.func is func and attack.keywords == keywords  # == on floats: bit for bit
+
+
+def test_the_attacks_with_a_part_of_their_own_are_named_by_role():
+    from bmtard.config.attack_table import ROLES, the, with_role
+
+    assert with_role("more_steps") == ("pgd_sat", "pgd_trades")
+    assert (the("transfer"), the("teacher_check")) == ("pgd_sat", "pgd_trades")
+    assert (the("ensemble"), the("w_robust")) == ("autoattack", "autoattack")
+    assert {r for a in ATTACKS for r in a.roles} == set(ROLES)
+    with pytest.raises(ValueError, match="role 'x'"):
+        with_role("x")
 
 
 def test_readers_derive_from_the_table():

@@ -347,7 +347,7 @@ def test_incomplete_mode_fills_missing_keys_with_defaults():
 
 
 def test_standalone_evaluate_command_uses_the_paper_defaults():
-    from bmtard.evaluation.evaluate import _config
+    from bmtard.evaluation.command import _config
 
     flags = dict(n_images=7, eps=None, batch_size=None, attacks="fgsm", no_sanity=True)
     args = argparse.Namespace(params=None, seed=None, device=None, **flags)

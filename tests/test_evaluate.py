@@ -14,14 +14,23 @@ from bmtard.config.params import EvaluateConfig, SanityConfig
 from bmtard.core.io import sha256_file
 from bmtard.core.provenance import code_version
 from bmtard.data.splits import Split, save_split
-from bmtard.evaluation.evaluate import main
-from bmtard.evaluation.protocol import evaluate_model, per_class
+from bmtard.evaluation.command import main
+from bmtard.evaluation.protocol import evaluate_model, evaluation_key, per_class
+from bmtard.evaluation.runner import ResumeState
 from bmtard.models import build_model
 from bmtard.models.checkpoint import ModelSpec, TrainingRecord, save_model
 
 from conftest import synthetic, train_linear
 
 CPU = torch.device("cpu")
+
+
+def run_eval(model, test, c, device=CPU, *, model_id="m", seed=0, state=None, **kw):
+    """The protocol with the resume state its caller owns, keyed as the stage keys it (model
+    ``model_id``, no transfer source)."""
+    if state is None:
+        state = ResumeState(c.resume_dir, evaluation_key(c, test, seed, model_id))
+    return evaluate_model(model, test, c, device, seed=seed, state=state, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +43,7 @@ def full(honest, tmp_path_factory):
     """One uninterrupted evaluation of ``honest`` (seed 0), shared: AutoAttack makes each one
     take tens of seconds."""
     model, test = honest
-    return evaluate_model(model, test, cfg(tmp_path_factory.mktemp("full")), CPU, model_id="m")
+    return run_eval(model, test, cfg(tmp_path_factory.mktemp("full")), CPU, model_id="m")
 
 
 def cfg(tmp_path, **kw) -> EvaluateConfig:
@@ -70,13 +79,14 @@ def test_resumed_evaluation_equals_uninterrupted_and_skips_finished_batches(hone
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        evaluate_model(model, test, c, CPU, model_id="m", on_batch=stop_in_autoattack)
+        run_eval(model, test, c, CPU, model_id="m", on_batch=stop_in_autoattack)
     state_files = list((tmp_path / "b" / "state").glob("*.json"))
     assert len(state_files) == 1
 
     computed = []
-    resumed = evaluate_model(
-        model, test, c, CPU, model_id="m", on_batch=lambda task, i: computed.append((task, i))
+    state = ResumeState(c.resume_dir, evaluation_key(c, test, 0, "m"))
+    resumed = run_eval(
+        model, test, c, CPU, state=state, on_batch=lambda task, i: computed.append((task, i))
     )
     # nothing finished before the interruption ran again: AutoAttack resumed at batch 2 of 4
     assert ("clean", 0) not in computed and ("cw_inf", 3) not in computed
@@ -84,9 +94,9 @@ def test_resumed_evaluation_equals_uninterrupted_and_skips_finished_batches(hone
     assert resumed.accuracy == full.accuracy
     assert resumed.eps_curve == full.eps_curve
     assert [c.as_dict() for c in resumed.checks] == [c.as_dict() for c in full.checks]
-    # the state stays until the results are written (finish), then it is removed
+    # the state stays until its owner says the results are written (finish), then it is removed
     assert list((tmp_path / "b" / "state").glob("*.json"))
-    resumed.finish()
+    state.finish()
     assert not list((tmp_path / "b" / "state").glob("*.json"))
 
 
@@ -99,9 +109,9 @@ def test_state_of_another_model_is_not_reused(honest, tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        evaluate_model(model, test, c, CPU, model_id="first", on_batch=stop)
+        run_eval(model, test, c, CPU, model_id="first", on_batch=stop)
     computed = []
-    evaluate_model(
+    run_eval(
         model, test, c, CPU, model_id="second", on_batch=lambda task, i: computed.append((task, i))
     )
     assert ("fgsm", 0) in computed and ("clean", 0) in computed
@@ -126,17 +136,17 @@ def test_damaged_resume_file_is_reported_and_treated_as_absent(honest, tmp_path,
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        evaluate_model(model, test, c, CPU, model_id="m", on_batch=stop)
+        run_eval(model, test, c, CPU, model_id="m", on_batch=stop)
     (state,) = (tmp_path / "state").glob("*.json")
     state.write_text(damage(state.read_text()))
     computed = []
     with caplog.at_level("WARNING"):
-        again = evaluate_model(
+        again = run_eval(
             model, test, c, CPU, model_id="m", on_batch=lambda t, i: computed.append((t, i))
         )
     assert f"ignoring the damaged evaluation state {state}" in caplog.text
     assert ("clean", 0) in computed and ("fgsm", 0) in computed  # started over
-    full = evaluate_model(model, test, cfg(tmp_path / "full", **_no_extras()), CPU, model_id="m")
+    full = run_eval(model, test, cfg(tmp_path / "full", **_no_extras()), CPU, model_id="m")
     assert again.accuracy == full.accuracy
 
 
@@ -156,17 +166,17 @@ def test_resume_key_includes_the_code(honest, tmp_path, monkeypatch):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        evaluate_model(model, test, c, CPU, model_id="m", on_batch=stop)
+        run_eval(model, test, c, CPU, model_id="m", on_batch=stop)
     monkeypatch.setattr(protocol, "loaded_code_sha256", lambda: "0" * 64)
     computed = []
-    evaluate_model(model, test, c, CPU, model_id="m", on_batch=lambda t, i: computed.append((t, i)))
+    run_eval(model, test, c, CPU, model_id="m", on_batch=lambda t, i: computed.append((t, i)))
     assert ("clean", 0) in computed and ("fgsm", 0) in computed
 
 
 def test_same_seed_same_numbers_and_accuracy_facts(honest, full, tmp_path):
     """A second evaluation with the same seed (and no resume folder) gives the same metrics."""
     model, test = honest
-    a = evaluate_model(model, test, cfg(tmp_path, resume_dir=None), CPU, model_id="m", seed=0)
+    a = run_eval(model, test, cfg(tmp_path, resume_dir=None), CPU, model_id="m", seed=0)
     assert a.metrics() == full.metrics()
     acc = a.accuracy
     assert acc["worst_case"] <= min(v for k, v in acc.items() if k != "worst_case")
@@ -217,7 +227,7 @@ def _in_tmp(tmp_path, monkeypatch):
 
 
 def run_cli(command: str) -> int:
-    """``python -m bmtard.evaluation.evaluate <command>`` in-process (paths here contain no
+    """``python -m bmtard.evaluation.command <command>`` in-process (paths here contain no
     spaces)."""
     return main(command.split())
 

@@ -25,7 +25,7 @@ from bmtard.config.params import (
 )
 from bmtard.core.errors import CheckpointError, ParamsError
 from bmtard.core.io import sha256_file
-from bmtard.evaluation.evaluate import evaluate_pipeline
+from bmtard.evaluation.stage import evaluate_pipeline
 from bmtard.models.checkpoint import load_model, saved_record
 from bmtard.runtime import device as runtime
 from bmtard.training.distill import run_distill

@@ -172,7 +172,7 @@ def test_malicious_teacher_checkpoint_is_refused_and_never_runs(prepared, tmp_pa
     assert not (repo / "models" / "student.pt").exists()
     assert not (repo / "dvclive" / "distill").exists()  # nothing touched before the checks
     proc = subprocess.run(
-        [sys.executable, "-m", "bmtard.evaluation.evaluate", "--checkpoint", "evil.pt", "--data",
+        [sys.executable, "-m", "bmtard.evaluation.command", "--checkpoint", "evil.pt", "--data",
          "data/test.npz", "--out", "eval", "--device", "cpu"],
         cwd=repo, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
     )  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
@@ -77,3 +78,27 @@ def flags() -> Iterator[list[str]]:
         yield seen
     finally:
         logger.removeHandler(handler)
+
+
+@dataclass
+class AutoAttackRun:
+    """AutoAttack as one attack of the protocol, (model, x, y) -> x_adv like the others: the
+    reference code with these settings (``autoattack``; eps in pixel units), which keeps the
+    warnings it logged while it ran (``warnings``: one per message, in the order first seen,
+    across every batch)."""
+
+    eps: float
+    version: str = "standard"
+    attacks: list[str] | None = None
+    square_queries: int | None = None
+    seed: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        with flags() as seen:
+            x_adv = autoattack(
+                model, x, y, eps=self.eps, version=self.version, attacks=self.attacks,
+                square_queries=self.square_queries, seed=self.seed,
+            )  # fmt: skip
+        self.warnings.extend(w for w in seen if w not in self.warnings)
+        return x_adv

@@ -1,10 +1,13 @@
-"""The evaluation protocol (spec section 6.2) with its sanity checks, on any model.
+"""The evaluation protocol (spec section 6.2) with its sanity checks, on any model: a loop over
+the attacks of ``bmtard.config.attack_table`` (FGSM, PGD_SAT, PGD_TRADES, CW_inf, AutoAttack
+standard by the reference pyautoattack code), the attacks with a part of their own found there by
+their role.
 
 Every accuracy is measured in fp32 with the model in eval mode, on the first ``n_images`` test
-images, at L-inf eps (in 1/255): clean, and the attacks of ``bmtard.config.attack_table`` (FGSM,
-PGD_SAT, PGD_TRADES, CW_inf, AutoAttack standard by the reference pyautoattack code).
-Weighted robust accuracy per attack = (clean + attack) / 2; worst case = correct under every
-attack run. Accuracies in %.
+images, at L-inf eps (in 1/255): clean, and each attack of ``evaluate.attacks``. Weighted robust
+accuracy per attack = (clean + attack) / 2; worst case = correct under every attack run.
+Accuracies in %. The caller owns the per-batch resume state (``evaluation_key``,
+``bmtard.evaluation.runner.ResumeState``): it drops it once the results are written.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from bmtard.attacks.autoattack import autoattack, autoattack_version, flags
+from bmtard.attacks.autoattack import AutoAttackRun, autoattack_version
 from bmtard.attacks.cw import cw_inf
 from bmtard.attacks.fgsm import fgsm
 from bmtard.attacks.pgd import pgd_ce
+from bmtard.config import attack_table
 from bmtard.config.attack_table import BY_NAME, NAMES, pixels
 from bmtard.config.params import EvaluateConfig
 from bmtard.core.io import digest
@@ -40,8 +44,8 @@ def protocol_attack(name: str, eps: float, cw_kappa: float = 50.0, seed: int = 0
     if name not in BY_NAME:
         raise ValueError(f"attack {name!r}: allowed are {', '.join(NAMES)}")
     a, e = BY_NAME[name], pixels(eps)
-    if a.loss == "autoattack":
-        return functools.partial(autoattack, eps=e, version="standard", seed=seed)
+    if a.loss == "autoattack":  # its own callable: it keeps the reference code's flags
+        return AutoAttackRun(e, version="standard", seed=seed)
     if a.step_size is None:  # one step of eps from x
         return functools.partial(fgsm, eps=e)
     step = pixels(a.step_size)
@@ -51,8 +55,9 @@ def protocol_attack(name: str, eps: float, cw_kappa: float = 50.0, seed: int = 0
 
 
 def transferred(source: nn.Module, eps: float) -> Attack:
-    """PGD_SAT crafted on ``source`` (white-box there), then shown to the evaluated model."""
-    craft = protocol_attack("pgd_sat", eps)
+    """The table's transfer attack (PGD_SAT) crafted on ``source`` (white-box there), then shown
+    to the evaluated model."""
+    craft = protocol_attack(attack_table.the("transfer"), eps)
 
     def attack(model: nn.Module, x, y):
         return craft(source, x, y)
@@ -89,11 +94,6 @@ class Evaluation:
     checks: list[sanity.Check]
     autoattack_warnings: list[str] | None
     protocol: dict[str, Any]
-    resume: ResumeState
-
-    def finish(self) -> None:
-        """The results are safely written: drop the per-batch resume state."""
-        self.resume.finish()
 
     def metrics(self) -> dict[str, Any]:
         """What runs are compared by (DVC metrics: the columns of ``dvc exp show``), flat so that
@@ -101,8 +101,9 @@ class Evaluation:
         = (clean + AutoAttack) / 2 where AutoAttack ran, and ``sanity``: "passed" or "failed"
         (the gradient-masking checks, where they ran)."""
         out: dict[str, Any] = {k: v for k, v in self.accuracy.items() if k != "worst_case"}
-        if "autoattack" in self.weighted_robust:
-            out["w_robust"] = self.weighted_robust["autoattack"]
+        headline = attack_table.the("w_robust")
+        if headline in self.weighted_robust:
+            out["w_robust"] = self.weighted_robust[headline]
         if self.checks:
             out["sanity"] = "passed" if sanity.summary(self.checks)["passed"] else "failed"
         return out
@@ -141,6 +142,21 @@ def per_class(
     return out
 
 
+def evaluation_key(
+    cfg: EvaluateConfig,
+    test: Split,
+    seed: int,
+    model_id: str,
+    transfer_id: str | None = None,
+) -> str:
+    """What an evaluation's resume state is keyed by: the model and the transfer source (e.g.
+    their checkpoints' SHA-256), the evaluated images, the protocol, the seed and the code, so
+    that a changed model or changed code never reuses old results."""
+    n = test.n_first(cfg.n_images)
+    code = loaded_code_sha256()
+    return digest([model_id, transfer_id, data_digest(test, n), asdict(cfg), seed, code])
+
+
 def evaluate_model(
     model: nn.Module,
     test: Split,
@@ -148,28 +164,21 @@ def evaluate_model(
     device: torch.device,
     *,
     seed: int = 0,
-    model_id: str = "",
+    state: ResumeState | None = None,
     transfer_source: nn.Module | None = None,
-    transfer_id: str = "",
     class_names: list[str] | None = None,
     on_batch=None,
 ) -> Evaluation:
-    """Run the protocol, the eps-curve and the sanity checks on ``model`` (put in eval mode, fp32).
-
-    ``model_id`` and ``transfer_id`` (e.g. the checkpoints' SHA-256) key the resume state
-    together with the data, the protocol and the code, so a changed model or changed code never
-    reuses old results. The state is kept until ``Evaluation.finish()`` (called once the
-    results are written).
-    """
+    """Run the protocol, the eps-curve and the sanity checks on ``model`` (put in eval mode,
+    fp32): a loop over ``cfg.attacks`` in the table's terms. ``state``: the caller's per-batch
+    resume state (``evaluation_key``), which it drops once the results are written."""
     model = model.float().eval()
-    # the reference AutoAttack runs the autoattack attack and the sanity checks' Square attack:
-    # fail now, before any work, if it is missing
-    aa_version = autoattack_version() if "autoattack" in cfg.attacks or cfg.sanity.enabled else None
+    # the reference AutoAttack runs the ensemble and the sanity checks' Square attack: fail now,
+    # before any work, if it is missing
+    ensemble = set(attack_table.with_role("ensemble"))
+    needs_aa = bool(ensemble & set(cfg.attacks)) or cfg.sanity.enabled
+    aa_version = autoattack_version() if needs_aa else None
     n = test.n_first(cfg.n_images)
-    transfer = transfer_id if transfer_source is not None else None
-    code = loaded_code_sha256()
-    key = digest([model_id, transfer, data_digest(test, n), asdict(cfg), seed, code])
-    state = ResumeState(cfg.resume_dir, key)
     run = Runner(
         model,
         test,
@@ -185,12 +194,9 @@ def evaluate_model(
     for name in cfg.attacks:
         attack = protocol_attack(name, cfg.eps, cfg.cw_kappa, seed)
         computed[_settings(attack)] = name
-        if name == "autoattack":
-            with flags() as seen:
-                masks[name] = run.mask(Task(name, attack, n))
-            warnings = list(seen)
-        else:
-            masks[name] = run.mask(Task(name, attack, n))
+        masks[name] = run.mask(Task(name, attack, n))
+        if name in ensemble:  # the reference code's own flags, as it logged them
+            warnings = list(getattr(attack, "warnings", []))
         log.info("%s: %.2f%%", name, percent(masks[name]))
     worst = masks["clean"].clone()
     for name in cfg.attacks:
@@ -245,7 +251,6 @@ def evaluate_model(
         checks,
         warnings,
         protocol,
-        state,
     )
 
 
@@ -263,7 +268,8 @@ def run_sanity(
     m = n if s.n_images is None else min(s.n_images, n)
     sub = {k: percent(v[:m]) for k, v in masks.items()}
     white = {k: sub[k] for k in sanity.WHITE_BOX if k in sub}
-    pgds = {k: sub[k] for k in ("pgd_sat", "pgd_trades") if k in sub}
+    pgds = {k: sub[k] for k in attack_table.with_role("more_steps") if k in sub}
+    ensemble = [sub[k] for k in attack_table.with_role("ensemble") if k in sub]
 
     big = percent(run.mask(Task("large_eps", pgd_attack(s.large_eps), m)))
     strong_step = 2.5 * cfg.eps / s.strong_steps  # Madry et al.'s rule: 2.5 eps over the steps
@@ -274,9 +280,8 @@ def run_sanity(
             )
         )
     )
-    square_attack = functools.partial(
-        autoattack,
-        eps=pixels(cfg.eps),
+    square_attack = AutoAttackRun(
+        pixels(cfg.eps),
         version="custom",
         attacks=["square"],
         square_queries=s.square_queries,
@@ -294,7 +299,7 @@ def run_sanity(
         sanity.eps_monotone(curve, s.tolerance),
         sanity.large_eps(big, s.large_eps, s.large_eps_max_acc),
         sanity.more_steps(strong, pgds, s.tolerance),
-        sanity.autoattack_not_above(sub.get("autoattack"), white, s.tolerance),
+        sanity.autoattack_not_above(min(ensemble, default=None), white, s.tolerance),
         sanity.black_box_not_below(square, white, s.tolerance),
         sanity.transfer_not_below(transfer, white, s.tolerance),
         sanity.gradients(run.model, x, y),

@@ -14,7 +14,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,24 @@ class ResumeState:
         """The evaluation is complete and written: drop the state file."""
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+@contextmanager
+def resumable(folder: str | Path | None) -> Iterator[Callable[[str], ResumeState]]:
+    """The per-batch resume states of the evaluations in the block, by key, under ``folder``
+    (None: kept in memory only): each state opened in it is dropped when the block ends
+    normally, its results written; a block that raises (a kill, a full disk) keeps them, and the
+    same command resumes from them."""
+    opened: list[ResumeState] = []
+
+    def open_state(key: str) -> ResumeState:
+        state = ResumeState(folder, key)
+        opened.append(state)
+        return state
+
+    yield open_state
+    for state in opened:
+        state.finish()
 
 
 @dataclass(frozen=True)
