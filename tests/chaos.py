@@ -38,6 +38,7 @@ class Process:
     argv: tuple[str, ...]
     cwd: Path
     age: float = 0.0
+    params: str = ""  # the params file it was given (BMTARD_PARAMS, a grid's experiment's)
 
     @property
     def stage(self) -> str | None:
@@ -51,15 +52,15 @@ class Process:
         """E.g. ``stages.distill method-sat_seed-1 (pid 123)`` or ``stages.train_teacher
         --role robust (pid 45)``."""
         argv, words = list(self.argv), [self.stage or " ".join(self.argv[:3])]
-        for flag in ("--role", "--params"):
-            if flag in argv[:-1]:
-                value = argv[argv.index(flag) + 1]
-                words.append(_experiment(value) if flag == "--params" else f"--role {value}")
+        if self.params:
+            words.append(_experiment(self.params))
+        if "--role" in argv[:-1]:
+            words.append(f"--role {argv[argv.index('--role') + 1]}")
         return " ".join(w for w in words if w) + f" (pid {self.pid})"
 
 
 def _experiment(params_path: str) -> str:
-    """The experiment a stage runs for, from its --params (results/<exp>/params.yaml)."""
+    """The experiment a stage runs for, from its params file (results/<exp>/params.yaml)."""
     parts = Path(params_path).parts
     return parts[-2] if len(parts) >= 3 and parts[-3] == "results" else ""
 
@@ -85,10 +86,15 @@ def processes_in(folder: Path) -> list[Process]:
             argv = tuple(a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0") if a)
             cwd = Path(os.readlink(entry / "cwd"))
             age = _age(entry, uptime)
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            params = next(
+                (e.decode().split("=", 1)[1] for e in environ if e.startswith(b"BMTARD_PARAMS=")),
+                "",
+            )
         except (OSError, ValueError, IndexError):
             continue  # ended meanwhile, or not ours to read
         if argv and (cwd == folder or folder in cwd.parents):
-            found.append(Process(int(entry.name), argv, cwd, age))
+            found.append(Process(int(entry.name), argv, cwd, age, params))
     return sorted(found, key=lambda p: p.pid)
 
 

@@ -11,13 +11,13 @@ import yaml
 
 from bmtard.config import method_table
 from bmtard.config.params import Params, RunConfig, to_dict
+from bmtard.experiments.workflow import is_code, stage_module
 
 from conftest import ROOT
 from pipeline_helpers import BIN, copy_project, run
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 STAGES = list(DVC)
-CODE = re.compile(r"^(bmtard|stages)/.*\.py$")
 
 
 def outputs(stage: dict) -> list[str]:
@@ -39,7 +39,7 @@ def test_the_five_stages_in_order():
 
 
 def test_code_deps_are_exactly_the_code_each_stage_imports():
-    """tools/update_dvc_deps.py --check: each stage's code deps are the files its module
+    """tools/update_dvc_deps.py --check: each stage's code deps are the folders its module
     imports (run the tool without --check to update them)."""
     proc = subprocess.run(
         [sys.executable, "tools/update_dvc_deps.py", "--check"],
@@ -55,7 +55,7 @@ def test_data_paths_in_deps_and_outs_are_the_ones_the_command_names(name):
     """Each data dep and output is an argument of the command, itself or through its folder."""
     stage = DVC[name]
     tokens = set(stage["cmd"].split())
-    for path in [d for d in stage["deps"] if not CODE.match(d)] + outputs(stage):
+    for path in [d for d in stage["deps"] if not is_code(d)] + outputs(stage):
         parts = path.split("/")
         ancestors = {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}
         assert ancestors & tokens, f"{name}: {path} is not passed to the command"
@@ -86,7 +86,7 @@ def test_no_output_is_declared_twice_and_every_dep_has_a_producer_or_exists():
     assert len(outs) == len(set(outs))
     for stage in DVC.values():
         for dep in stage["deps"]:
-            assert dep in outs or (ROOT / dep).is_file(), dep
+            assert dep in outs or (ROOT / dep).is_file() or (is_code(dep) and (ROOT / dep).is_dir())
 
 
 def test_conda_env_pins_match_requirements():
@@ -133,7 +133,15 @@ def test_snakemake_rules_equal_dvc_stages(snake_copy):
     for name, stage in DVC.items():
         job = jobs[name]
         assert job["outs"] == set(outputs(stage)), name
-        assert job["inputs"] == set(stage["deps"]), name
+        # the data deps as they are; code: the files the stage can import (the Snakefile's
+        # rules, bmtard.experiments.workflow.code_closure), each inside a code dep of dvc.yaml
+        code = [d for d in stage["deps"] if is_code(d)]
+        assert job["inputs"] - {i for i in job["inputs"] if is_code(i)} == {
+            d for d in stage["deps"] if not is_code(d)
+        }, name
+        for i in (i for i in job["inputs"] if is_code(i)):
+            assert any(i == d or i.startswith(f"{d}/") for d in code), (name, i)
+        assert f"{stage_module(stage['cmd']).replace('.', '/')}.py" in job["inputs"], name
         # a teacher's: the methods that keep only its need (the Snakefile's interpolate)
         role = {s: r for r, s in method_table.TEACHER_STAGES.items()}.get(name)
         stand_in = ",".join(method_table.need_only(method, role)) if role else method

@@ -283,3 +283,34 @@ def test_snakemake_method_switch_trains_no_teacher_again(snake_repo):
 def test_readme_gives_the_readable_view_of_the_experiments():
     text = (ROOT / "README.md").read_text()
     assert "dvc exp show " + " ".join(shlex.quote(a) for a in EXP_SHOW_ARGS) in text
+
+
+def _edit(repo, rel: str) -> None:
+    path = repo / rel
+    path.write_text(path.read_text() + "\n# edited\n")
+
+
+def test_dvc_editing_another_methods_module_retrains_nothing(dvc_repo):
+    """dvc.yaml lists code folders: an edit of methods/ciard.py reruns the stages that import
+    from bmtard/methods (the teachers, the distillation), and each keeps its finished result,
+    its bytes unchanged (it was keyed by the code its process imported, which does not include
+    another method's module), so the evaluation after them does not rerun."""
+    from bmtard.core.io import sha256_file
+
+    models = [
+        dvc_repo / "models" / f"{m}.pt" for m in ("clean_teacher", "robust_teacher", "student")
+    ]
+    before = [sha256_file(p) for p in models]
+    _edit(dvc_repo, "bmtard/methods/ciard.py")
+    proc = run(dvc_repo, DVC, "repro")
+    assert dvc_ran(proc.stdout) == ["train_clean_teacher", "train_robust_teacher", "distill"]
+    assert (proc.stdout + proc.stderr).count("is this run's finished result: kept") == 3
+    assert [sha256_file(p) for p in models] == before
+
+
+def test_snakemake_editing_another_methods_module_reruns_nothing(snake_repo):
+    """The rules take the files each stage can import, the distillation's its own method's only:
+    an edit of methods/ciard.py is no input of this run's (B-MTARD's) rules."""
+    _edit(snake_repo, "bmtard/methods/ciard.py")
+    proc = run(snake_repo, *SNAKEMAKE)
+    assert snakemake_ran(proc.stderr + proc.stdout) == []

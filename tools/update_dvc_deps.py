@@ -1,65 +1,43 @@
-"""Write each dvc.yaml stage's code deps: exactly the bmtard/ and stages/ files its command
-imports (found by importing the stage's module in a fresh interpreter).
+"""Write each dvc.yaml stage's code deps: the code folders its command can import (each bmtard
+subpackage as a whole, the package's and the stage's own files), from the static imports of its
+script (bmtard.experiments.workflow.code_closure; for the distillation every method's module,
+which it imports by name).
 
     python tools/update_dvc_deps.py           # rewrite dvc.yaml (comments and anchors kept)
     python tools/update_dvc_deps.py --check   # exit 1 and name the stages whose deps are stale
 
 Data deps (the files a stage reads) are left as they are. tests/test_pipeline_defs.py runs the
-check, so a new module cannot be forgotten.
+check, so a new folder cannot be forgotten.
 """
 
 from __future__ import annotations
 
-import re
-import subprocess
 import sys
 from pathlib import Path
 
 from ruamel.yaml import YAML  # comes with DVC; keeps comments, anchors and layout
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = re.compile(r"^(bmtard|stages)/.*\.py$")
-# One interpreter imports the heavy third-party libraries once, then forks a child per stage
-# module: each child imports only that stage's code and lists the bmtard/stages files it loaded.
-PROBE = """
-import importlib, os, sys
-CODE = ("bmtard", "stages")
-for heavy in ("torch", "torchvision", "numpy", "yaml", "tqdm", "tensorboard"):
-    try:
-        importlib.import_module(heavy)
-    except ImportError:
-        pass
-for module in sys.argv[1:]:
-    read, write = os.pipe()
-    if os.fork() == 0:
-        os.close(read)
-        importlib.import_module(module)
-        ours = [m for m in list(sys.modules.values()) if m.__name__.split(".")[0] in CODE]
-        files = [os.path.relpath(m.__file__) for m in ours if getattr(m, "__file__", None)]
-        os.write(write, " ".join(files).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        print(module + ":" + f.read())
-    if os.wait()[1] != 0:
-        sys.exit(f"importing {module} failed")
-"""
+sys.path.insert(0, str(ROOT))
+
+from bmtard.config import method_table  # noqa: E402
+from bmtard.experiments.workflow import (  # noqa: E402
+    code_closure,
+    code_folders,
+    is_code,
+    stage_module,
+)
 
 
-def imported_code(modules: list[str]) -> dict[str, list[str]]:
-    """For each module, the bmtard/stages files importing it loads, sorted (its script first)."""
-    cmd = [sys.executable, "-c", PROBE, *modules]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    found = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    result = {}
-    for module in modules:
-        script = module.replace(".", "/") + ".py"
-        result[module] = [script] + sorted(set(found[module].split()) - {script})
-    return result
-
-
-def stage_module(cmd: str) -> str:
-    return re.search(r"python -m (\S+)", cmd).group(1)
+def wanted(stage: dict) -> list[str]:
+    """The code deps of a dvc.yaml stage, in dvc.yaml's order: its script first."""
+    module = stage_module(stage["cmd"])
+    modules = [module]
+    if module == "stages.distill":
+        modules += [f"bmtard.methods.{m.module}" for m in method_table.METHODS]
+    script = module.replace(".", "/") + ".py"
+    folders = code_folders(code_closure(ROOT, modules))
+    return [script] + [f for f in folders if f != script]
 
 
 def main(argv: list[str]) -> int:
@@ -70,15 +48,14 @@ def main(argv: list[str]) -> int:
     path = ROOT / "dvc.yaml"
     doc = yaml.load(path.read_text())
     stale = []
-    code = imported_code(sorted({stage_module(s["cmd"]) for s in doc["stages"].values()}))
     for name, stage in doc["stages"].items():
         deps = stage["deps"]
-        want = code[stage_module(stage["cmd"])]
-        have = [d for d in deps if CODE.match(str(d))]
+        want = wanted(stage)
+        have = [d for d in deps if is_code(str(d))]
         if have == want:
             continue
         stale.append(name)
-        data = [d for d in deps if not CODE.match(str(d))]
+        data = [d for d in deps if not is_code(str(d))]
         deps[:] = want + data  # in place: a shared anchor (&teacher_deps) stays shared
     if "--check" in argv:
         if stale:

@@ -598,6 +598,9 @@ class Params:
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Params))
+#: the environment variable that names a stage's params file where it is not params.yaml (a
+#: grid's experiment's, a teacher variant's: bmtard.experiments.workflow); --params wins over it
+PARAMS_ENV = "BMTARD_PARAMS"
 MISSING_KEY = "missing; every key must be given (params.yaml and presets/quick.yaml list them all)"
 
 # --------------------------------------------------------------------------- loading

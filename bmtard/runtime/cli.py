@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from bmtard.config.params import Params, load_params
+from bmtard.config.params import PARAMS_ENV, Params, load_params
 from bmtard.core import distributed, faults, gpu_slots, launch, project_lock
 from bmtard.core.errors import BmtardError, Interrupted
 from bmtard.core.stop import StopRequest, graceful_stop
@@ -60,7 +61,9 @@ def run_stage(
     """
     parser = argparse.ArgumentParser(description=doc)
     parser.add_argument(
-        "--params", default="params.yaml", help="parameter file (default: %(default)s)"
+        "--params",
+        default=os.environ.get(PARAMS_ENV) or "params.yaml",
+        help=f"parameter file (default: ${PARAMS_ENV} where set, else params.yaml)",
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
