@@ -53,7 +53,7 @@ from bench.measure import (  # noqa: E402,F401 (flops_of: the tests' entry)
     reset_peak,
     seconds_per_step,
 )
-from bmtard.config.params import RunConfig  # noqa: E402
+from bmtard.config.schema import RunConfig  # noqa: E402
 from bmtard.models import ARCHS  # noqa: E402
 from bmtard.runtime.execution import Execution, threads_given  # noqa: E402
 

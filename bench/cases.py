@@ -22,7 +22,7 @@ from torch import nn
 from bmtard.attacks.pgd import pgd_ce
 from bmtard.config import method_table
 from bmtard.config.method_table import CLEAN, ROBUST
-from bmtard.config.params import (
+from bmtard.config.schema import (
     BalanceConfig,
     DistillConfig,
     IGDMConfig,

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, as a script
 
-from bmtard.config.params import BalanceConfig, OptimConfig, TrainAttackConfig  # noqa: E402
+from bmtard.config.schema import BalanceConfig, OptimConfig, TrainAttackConfig  # noqa: E402
 from bmtard.core import distributed  # noqa: E402
 from bmtard.data.loader import Batches  # noqa: E402
 from bmtard.data.splits import Split  # noqa: E402

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmtard.config.params import TrainAttackConfig
+from bmtard.config.schema import TrainAttackConfig
 from bmtard.methods.adaad import AdaAD, adaad_attack
 from bmtard.models import build_model
 from bmtard.runtime.execution import Execution

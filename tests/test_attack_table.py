@@ -13,7 +13,7 @@ from bmtard.attacks.fgsm import fgsm
 from bmtard.attacks.pgd import pgd_ce
 from bmtard.config import attack_table
 from bmtard.config.attack_table import ATTACKS, NAMES, pixels
-from bmtard.config.params import EVAL_ATTACKS, EvaluateConfig
+from bmtard.config.schema import EVAL_ATTACKS, EvaluateConfig
 from bmtard.evaluation import sanity
 from bmtard.evaluation.protocol import protocol_attack
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from bmtard.config.params import BalanceConfig, TrainAttackConfig
+from bmtard.config.schema import BalanceConfig, TrainAttackConfig
 from bmtard.methods.b_mtard import BMTARD
 from bmtard.methods.balance import Balance, entropy_step, weight_step
 from bmtard.methods.losses import kl_to_teacher, teacher_probs

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bmtard.attacks.pgd import pgd_ce
-from bmtard.config.params import TrainAttackConfig
+from bmtard.config.schema import TrainAttackConfig
 from bmtard.methods.ard import ARD
 from bmtard.methods.balance import MTARDWeights
 from bmtard.methods.mtard import MTARD

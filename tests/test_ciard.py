@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from bmtard.config.params import BalanceConfig, TrainAttackConfig
+from bmtard.config.schema import BalanceConfig, TrainAttackConfig
 from bmtard.methods.balance import Balance
 from bmtard.methods.ciard import CIARD, magnitude, push_scale, teacher_lr_factor
 from bmtard.methods.decays import cosine_exp

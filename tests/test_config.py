@@ -10,16 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bmtard.config.params import (
-    ARCHS,
-    MISSING_KEY,
-    SECTIONS,
-    Params,
-    RunConfig,
-    load_params,
-    parse_params,
-    to_dict,
-)
+from bmtard.config.params import MISSING_KEY, load_params, parse_params
+from bmtard.config.schema import ARCHS, SECTIONS, Params, RunConfig, to_dict
 from bmtard.core.errors import ParamsError
 
 from conftest import ROOT, shipped_params

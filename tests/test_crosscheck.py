@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from bmtard.attacks.autoattack import autoattack
 from bmtard.attacks.cw import cw_margin_loss
 from bmtard.attacks.pgd import pgd_ce
-from bmtard.config.params import DataConfig
+from bmtard.config.schema import DataConfig
 from bmtard.data.datasets import prepare
 from bmtard.data.loader import to_tensor
 from bmtard.data.splits import load_split

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from test_resume import Crash, crash_at, distill, run_cfg
 from test_speed import ATTACK, BALANCE, FACTORS, batches, gaps, models
 
-from bmtard.config.params import EvaluateConfig, SanityConfig, TrainAttackConfig
+from bmtard.config.schema import EvaluateConfig, SanityConfig, TrainAttackConfig
 from bmtard.core import gpu_slots
 from bmtard.evaluation.protocol import evaluate_model
 from bmtard.methods.b_mtard import BMTARD

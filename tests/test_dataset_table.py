@@ -11,8 +11,8 @@ import torch
 from test_baselines import ATTACK, T2, Constant, S, T, X, Y, kl_official, softmax
 
 from bmtard.config import dataset_table, method_table
-from bmtard.config import params as config
-from bmtard.config.params import (
+from bmtard.config import schema as config
+from bmtard.config.schema import (
     CleanTeacherConfig,
     DistillConfig,
     MonitorConfig,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from torchvision import datasets as tvd
 
-from bmtard.config.params import DataConfig
+from bmtard.config.schema import DataConfig
 from bmtard.core.errors import DataError
 from bmtard.core.io import sha256_file, write_json
 from bmtard.data.datasets import balanced_indices, prepare

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmtard.config.params import TrainAttackConfig
+from bmtard.config.schema import TrainAttackConfig
 from bmtard.methods.dgad import DGAD, swap_adversarial, swap_clean
 from bmtard.models import build_model
 

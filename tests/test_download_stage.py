@@ -10,7 +10,7 @@ import shutil
 import pytest
 from torchvision import datasets as tvd
 
-from bmtard.config.params import DataConfig, RunConfig
+from bmtard.config.schema import DataConfig, RunConfig
 from bmtard.core.errors import ParamsError
 from bmtard.data.datasets import DownloadFailed
 from bmtard.data.download import run_download

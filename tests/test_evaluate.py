@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bmtard.config.params import EvaluateConfig, SanityConfig
+from bmtard.config.schema import EvaluateConfig, SanityConfig
 from bmtard.core.io import sha256_file
 from bmtard.core.provenance import code_version
 from bmtard.data.splits import Split, save_split

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmtard.config.params import BalanceConfig, TrainAttackConfig
+from bmtard.config.schema import BalanceConfig, TrainAttackConfig
 from bmtard.methods.adaad import AdaAD, adaad_attack
 from bmtard.methods.ard import ARD
 from bmtard.methods.b_mtard import BMTARD

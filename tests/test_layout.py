@@ -130,3 +130,22 @@ def test_nothing_tracked_points_outside_the_repository():
         if SIBLING in text:
             outside.append(name.decode())
     assert not outside, f"tracked files naming a folder outside the repository: {outside}"
+
+
+def test_the_layout_page_lists_every_module_once():
+    """docs/layout.md's package block: one line per module of bmtard/ (its folder's files under
+    the folder's line), each there, none that is not."""
+    text = (ROOT / "docs" / "layout.md").read_text()
+    block = text[text.index("```\nbmtard/\n") :]
+    block = block[: block.index("```", 4)]
+    listed, folder = set(), None
+    for line in block.splitlines()[2:]:
+        name = line.split()[0] if line.strip() else ""
+        if line.startswith("  ") and not line.startswith("    ") and name.endswith("/"):
+            folder = name.rstrip("/")
+        elif name.endswith(".py"):
+            listed.add(f"{folder}/{name}" if line.startswith("    ") else name)
+    actual = {
+        str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"
+    }
+    assert listed == actual, (sorted(actual - listed), sorted(listed - actual))

@@ -21,7 +21,8 @@ import torch
 from test_params_fuzz import QUICK
 
 from bmtard.config import method_table
-from bmtard.config.params import OptimConfig, parse_params
+from bmtard.config.params import parse_params
+from bmtard.config.schema import OptimConfig
 from bmtard.data.loader import Batches
 from bmtard.methods import registry
 from bmtard.methods.contract import Method

@@ -13,14 +13,14 @@ import torch
 from test_params_fuzz import QUICK
 
 from bmtard.config import method_table
-from bmtard.config.params import (
+from bmtard.config.params import parse_params
+from bmtard.config.schema import (
     DistillConfig,
     MonitorConfig,
     OptimConfig,
     Params,
     RunConfig,
     TrainAttackConfig,
-    parse_params,
     to_dict,
 )
 from bmtard.core.errors import CheckpointError, ParamsError

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bmtard.config import params as config
+from bmtard.config import schema as config
 from bmtard.models import ARCHS, build_model
 from bmtard.models.wideresnet import WideResNet
 

@@ -27,7 +27,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bmtard.config.params import Params, load_params
+from bmtard.config.params import load_params
+from bmtard.config.schema import Params
 from bmtard.runtime.cli import run_stage
 from stages import download
 
@@ -69,9 +70,17 @@ AT_DEPTH = {d: [k for k in KEYS if k.count(".") + 1 == d] for d in (1, 2, 3)}  #
 
 
 def base(tp: typing.Any) -> typing.Any:
-    """The type without its `| None`."""
+    """The type without its `| None`; a closed vocabulary (``Literal``) as its values' type."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if nullable(tp) else tp
+    out = args[0] if nullable(tp) else tp
+    if typing.get_origin(out) is typing.Literal:
+        return type(typing.get_args(out)[0])
+    if (
+        typing.get_origin(out) is list
+        and typing.get_origin(typing.get_args(out)[0]) is typing.Literal
+    ):
+        return list[type(typing.get_args(typing.get_args(out)[0])[0])]
+    return out
 
 
 def nullable(tp: typing.Any) -> bool:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bmtard.config import method_table
-from bmtard.config.params import OptimConfig, TrainAttackConfig
+from bmtard.config.schema import OptimConfig, TrainAttackConfig
 from bmtard.core.errors import BmtardError
 from bmtard.methods.decays import lr_factor
 from bmtard.methods.peeraid import (

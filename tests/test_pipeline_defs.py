@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from bmtard.config import method_table
-from bmtard.config.params import Params, RunConfig, to_dict
+from bmtard.config.schema import Params, RunConfig, to_dict
 from bmtard.experiments.workflow import is_code, stage_module
 
 from conftest import ROOT

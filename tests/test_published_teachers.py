@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from bmtard.config import dataset_table, teacher_table
-from bmtard.config.params import CleanTeacherConfig, RobustTeacherConfig, RunConfig
+from bmtard.config.schema import CleanTeacherConfig, RobustTeacherConfig, RunConfig
 from bmtard.core.errors import CheckpointError, ParamsError
 from bmtard.core.io import sha256_file
 from bmtard.models import ARCHS, build_model

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bmtard.config.params import (
+from bmtard.config.schema import (
     DistillConfig,
     OptimConfig,
     RobustTeacherConfig,

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from test_params_fuzz import QUICK
 from torch import nn
 
-from bmtard.config.params import DistillConfig, OptimConfig, SAADConfig, TrainAttackConfig
+from bmtard.config.schema import DistillConfig, OptimConfig, SAADConfig, TrainAttackConfig
 from bmtard.core.errors import ParamsError
 from bmtard.methods import saad as saad_module
 from bmtard.methods.saad import SAAD, renyi_entropy, saad_attack, sample_weights

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmtard.config.params import EvaluateConfig, SanityConfig
+from bmtard.config.schema import EvaluateConfig, SanityConfig
 from bmtard.data.loader import to_tensor
 from bmtard.data.splits import Split
 from bmtard.evaluation import sanity

@@ -1,6 +1,6 @@
 """The step decay and the monitoring schedule of the official code."""
 
-from bmtard.config.params import MonitorConfig
+from bmtard.config.schema import MonitorConfig
 from bmtard.methods.decays import decay_factor
 from bmtard.training.schedule import should_monitor
 
@@ -32,7 +32,7 @@ def test_ciard_cosine_exp_schedule_by_hand():
     (e-150)^2/150^2); the teacher's the same from 50 over 250 epochs."""
     import math
 
-    from bmtard.config.params import OptimConfig
+    from bmtard.config.schema import OptimConfig
     from bmtard.methods.decays import cosine_exp, lr_factor
 
     cfg = OptimConfig(epochs=300, schedule="cosine_exp")

@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from bmtard.config.params import BalanceConfig, RunConfig, TrainAttackConfig
+from bmtard.config.schema import BalanceConfig, RunConfig, TrainAttackConfig
 from bmtard.core.errors import ParamsError
 from bmtard.data.loader import Batches, random_crop_flip, to_tensor
 from bmtard.methods.b_mtard import BMTARD

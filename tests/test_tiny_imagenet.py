@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from bmtard.config.dataset_table import NAMES
-from bmtard.config.params import DataConfig
+from bmtard.config.schema import DataConfig
 from bmtard.core.errors import DataError
 from bmtard.core.io import sha256_file
 from bmtard.data import datasets

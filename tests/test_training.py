@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bmtard.attacks.pgd import pgd_ce
-from bmtard.config.params import (
+from bmtard.config.schema import (
     CleanTeacherConfig,
     DistillConfig,
     OptimConfig,

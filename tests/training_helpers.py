@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bmtard.config.params import MonitorConfig
+from bmtard.config.schema import MonitorConfig
 from bmtard.data.splits import Split
 from bmtard.data.stage_data import StageData
 from bmtard.models import build_model

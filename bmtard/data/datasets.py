@@ -29,7 +29,7 @@ from torchvision import datasets as tvd
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
 from bmtard.config.dataset_table import DatasetSpec, dataset
-from bmtard.config.params import DataConfig, to_dict
+from bmtard.config.schema import DataConfig, to_dict
 from bmtard.core.errors import DataError
 from bmtard.core.io import sha256_file
 from bmtard.core.paths import from_project

@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from bmtard.config.params import DataConfig, RunConfig, to_dict
+from bmtard.config.schema import DataConfig, RunConfig, to_dict
 from bmtard.core.io import write_json
 from bmtard.core.outputs import keep_last_good, last_good_copy, restore
 from bmtard.core.paths import from_project, writable_folder

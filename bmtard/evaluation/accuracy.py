@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from bmtard.config.params import MonitorConfig
+from bmtard.config.schema import MonitorConfig
 from bmtard.data.splits import Split
 from bmtard.evaluation.runner import Runner, Task, pgd_attack
 

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from bmtard.config import attack_table
-from bmtard.config.params import EvaluateConfig, load_params, parse_params, to_dict
+from bmtard.config.params import load_params, parse_params
+from bmtard.config.schema import EvaluateConfig, to_dict
 from bmtard.core.errors import ParamsError
 from bmtard.core.io import sha256_file
 from bmtard.evaluation.card import ModelCard

@@ -27,7 +27,7 @@ from bmtard.attacks.fgsm import fgsm
 from bmtard.attacks.pgd import pgd_ce
 from bmtard.config import attack_table
 from bmtard.config.attack_table import BY_NAME, NAMES, pixels
-from bmtard.config.params import EvaluateConfig
+from bmtard.config.schema import EvaluateConfig
 from bmtard.core.io import digest
 from bmtard.core.provenance import loaded_code_sha256
 from bmtard.data.loader import to_tensor

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from bmtard.config import attack_table, dataset_table, teacher_table
-from bmtard.config.params import EvaluateConfig
+from bmtard.config.schema import EvaluateConfig
 from bmtard.core.errors import BmtardError, CheckpointError
 from bmtard.core.paths import writable_folder
 from bmtard.data.splits import Split, load_manifest, load_split

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bmtard.config import method_table
-from bmtard.config.params import Params, parse_params
+from bmtard.config.params import parse_params
+from bmtard.config.schema import Params
 from bmtard.core.errors import ParamsError
 
 #: the parameter section of each teacher role

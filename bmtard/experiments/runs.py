@@ -30,7 +30,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     *((a.column, a.name) for a in attack_table.ATTACKS),
 )
 W_ROBUST = "W-Robust"  # (clean + AutoAttack) / 2, spec section 6.3
-W_ROBUST_OF = "autoattack"
+W_ROBUST_OF = attack_table.the("w_robust")  # the attack W-Robust is made of
 IGDM = "+IGDM"  # a method's label with distill.igdm on
 NO_TEACHER = "none"  # the teachers of a method that learns from none
 

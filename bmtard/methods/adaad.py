@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bmtard.attacks.pgd import pgd_input
 from bmtard.config.method_table import ROBUST
-from bmtard.config.params import TrainAttackConfig
+from bmtard.config.schema import TrainAttackConfig
 from bmtard.methods.contract import Build, Method
 from bmtard.methods.losses import KL_REDUCTIONS, reduce_kl
 from bmtard.methods.registry import register

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from bmtard.attacks.pgd import pgd_ce
 from bmtard.config.method_table import ROBUST
-from bmtard.config.params import TrainAttackConfig
+from bmtard.config.schema import TrainAttackConfig
 from bmtard.methods.contract import Build, Method
 from bmtard.methods.registry import register
 from bmtard.methods.split import split_batch_loss

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from bmtard.attacks.pgd import pgd_ce
 from bmtard.config.method_table import CLEAN, ROBUST
-from bmtard.config.params import TrainAttackConfig
+from bmtard.config.schema import TrainAttackConfig
 from bmtard.core import distributed
 from bmtard.methods.balance import Balance, MTARDWeights
 from bmtard.methods.contract import Build, Method

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bmtard.config.params import BalanceConfig
+from bmtard.config.schema import BalanceConfig
 
 F64 = torch.float64
 

@@ -40,7 +40,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
-from bmtard.config.params import DistillConfig
+from bmtard.config.schema import DistillConfig
 from bmtard.data.stage_data import StageData
 from bmtard.runtime.execution import Execution
 

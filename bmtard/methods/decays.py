@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bmtard.config.params import OptimConfig
+from bmtard.config.schema import OptimConfig
 
 
 def decay_factor(epoch: int, milestones: Sequence[int], gamma: float) -> float:

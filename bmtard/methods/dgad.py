@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bmtard.config.method_table import ROBUST
-from bmtard.config.params import TrainAttackConfig
+from bmtard.config.schema import TrainAttackConfig
 from bmtard.core import distributed
 from bmtard.methods.adaad import adaad_attack
 from bmtard.methods.contract import Build, Method

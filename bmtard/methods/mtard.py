@@ -7,7 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 from bmtard.config.method_table import CLEAN, ROBUST
-from bmtard.config.params import TrainAttackConfig
+from bmtard.config.schema import TrainAttackConfig
 from bmtard.methods.b_mtard import BMTARD, rates_of
 from bmtard.methods.balance import MTARDWeights
 from bmtard.methods.contract import Build, Method

@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bmtard.attacks.pgd import pgd
 from bmtard.config import method_table
-from bmtard.config.params import TrainAttackConfig
+from bmtard.config.schema import TrainAttackConfig
 from bmtard.core.errors import BmtardError
 from bmtard.data.loader import Batches
 from bmtard.methods.contract import Build, Method

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from bmtard.attacks.pgd import pgd_ce
-from bmtard.config.params import BalanceConfig, TrainAttackConfig
+from bmtard.config.schema import BalanceConfig, TrainAttackConfig
 from bmtard.data.splits import Split
 from bmtard.methods.losses import kl_to_teacher, neg_entropy, teacher_probs
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from bmtard.attacks.pgd import pgd
 from bmtard.config.method_table import ROBUST
-from bmtard.config.params import TrainAttackConfig
+from bmtard.config.schema import TrainAttackConfig
 from bmtard.methods.contract import Build, Method
 from bmtard.methods.losses import kl_to_teacher
 from bmtard.methods.registry import register

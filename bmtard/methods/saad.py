@@ -52,7 +52,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 
 from bmtard.attacks.pgd import pgd_input
 from bmtard.config.method_table import ROBUST
-from bmtard.config.params import TrainAttackConfig
+from bmtard.config.schema import TrainAttackConfig
 from bmtard.data.loader import Batches
 from bmtard.methods.adaad import teacher_forward
 from bmtard.methods.contract import Build, Method

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bmtard.attacks.pgd import pgd
-from bmtard.config.params import TrainAttackConfig
+from bmtard.config.schema import TrainAttackConfig
 from bmtard.methods.contract import Build, Method
 from bmtard.methods.registry import register
 from bmtard.runtime.execution import Execution, logits32

@@ -9,7 +9,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from bmtard.config.params import PARAMS_ENV, Params, load_params
+from bmtard.config.params import PARAMS_ENV, load_params
+from bmtard.config.schema import Params
 from bmtard.core import distributed, faults, gpu_slots, launch, project_lock
 from bmtard.core.errors import BmtardError, Interrupted
 from bmtard.core.stop import StopRequest, graceful_stop

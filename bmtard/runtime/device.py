@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from bmtard.config.params import RunConfig
+from bmtard.config.schema import RunConfig
 from bmtard.core import distributed
 from bmtard.core.errors import ParamsError
 from bmtard.runtime.execution import threads_given

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bmtard.config.params import RunConfig
+from bmtard.config.schema import RunConfig
 from bmtard.core.errors import ParamsError
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from torch import nn
 
 from bmtard.config import method_table
 from bmtard.config.method_table import CLEAN, ROBUST
-from bmtard.config.params import DistillConfig, RunConfig, to_dict
+from bmtard.config.schema import DistillConfig, RunConfig, to_dict
 from bmtard.core.provenance import code_version
 from bmtard.core.stop import StopRequest
 from bmtard.data.stage_data import StageData

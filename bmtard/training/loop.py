@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from bmtard.config.params import OptimConfig
+from bmtard.config.schema import OptimConfig
 from bmtard.core import distributed, faults
 from bmtard.core.errors import Interrupted, TrainingError
 from bmtard.methods.contract import Method

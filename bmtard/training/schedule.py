@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bmtard.config.params import MonitorConfig
+from bmtard.config.schema import MonitorConfig
 
 
 def should_monitor(epoch: int, epochs: int, cfg: MonitorConfig) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bmtard.config.params import MonitorConfig, OptimConfig, RunConfig, to_dict
+from bmtard.config.schema import MonitorConfig, OptimConfig, RunConfig, to_dict
 from bmtard.core import distributed
 from bmtard.core.errors import BmtardError
 from bmtard.core.io import digest

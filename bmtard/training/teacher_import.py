@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from bmtard.config import teacher_table
-from bmtard.config.params import CleanTeacherConfig, RobustTeacherConfig
+from bmtard.config.schema import CleanTeacherConfig, RobustTeacherConfig
 from bmtard.config.teacher_table import PublishedTeacher
 from bmtard.core.errors import CheckpointError
 from bmtard.core.paths import from_project

@@ -11,7 +11,7 @@ import logging
 import torch
 
 from bmtard.config import method_table
-from bmtard.config.params import CleanTeacherConfig, RobustTeacherConfig, RunConfig, to_dict
+from bmtard.config.schema import CleanTeacherConfig, RobustTeacherConfig, RunConfig, to_dict
 from bmtard.core.distributed import on_main
 from bmtard.core.io import sha256_file
 from bmtard.core.outputs import keep_last_good, last_good_copy
