@@ -145,7 +145,5 @@ def test_the_layout_page_lists_every_module_once():
             folder = name.rstrip("/")
         elif name.endswith(".py"):
             listed.add(f"{folder}/{name}" if line.startswith("    ") else name)
-    actual = {
-        str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"
-    }
+    actual = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
     assert listed == actual, (sorted(actual - listed), sorted(listed - actual))
