@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository: bmtard/core/provenance.py
 CODE_FOLDERS = ("bmtard", "stages")
 
 
