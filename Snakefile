@@ -25,10 +25,16 @@ from bmtard.core import project_lock
 from bmtard.core.errors import BmtardError
 from bmtard.experiments import grid as grids
 from bmtard.experiments.workflow import (
+    COMPARISON,
+    PAGES,
     RESULTS,
     SHELL,
     Workflow,
+    compare_inputs,
     gpus,
+    page_command,
+    page_path,
+    report_targets,
     stage_outputs,
     stage_params,
 )
@@ -108,10 +114,16 @@ onstart:
         stop(e)
 
 
+report: "report/workflow.rst"
+
+
+EXPERIMENTS = [e.name for e in W.experiments]
+
+
 rule all:
     default_target: True
     input:
-        W.all_outputs(),
+        W.all_outputs() + report_targets(EXPERIMENTS),
 
 
 for stage_name, stage in STAGES.items():
@@ -125,6 +137,8 @@ for stage_name, stage in STAGES.items():
             snake_outputs(stage_outputs(stage)),
         log:
             f"logs/{stage_name}.log",
+        benchmark:
+            f"benchmarks/{stage_name}.tsv"
         conda:
             "envs/bmtard.yaml"
         threads: gpu_stage_threads(stage)
@@ -173,6 +187,8 @@ if W.experiments:
                 ),
             log:
                 f"logs/{stage_name}_{{exp}}.log",
+            benchmark:
+                f"benchmarks/{stage_name}_{{exp}}.tsv"
             wildcard_constraints:
                 exp="|".join(re.escape(e.name) for e in W.experiments),
             conda:
@@ -220,6 +236,8 @@ if W.variant_params:
                 ),
             log:
                 f"logs/{stage_name}_{{tvar}}.log",
+            benchmark:
+                f"benchmarks/{stage_name}_{{tvar}}.tsv"
             wildcard_constraints:
                 tvar="|".join(re.escape(v) for v in variants),
             conda:
@@ -234,3 +252,77 @@ if W.variant_params:
                 cmd=lambda wc, name=stage_name: W.variant_cmd(name, wc.tvar),
             shell:
                 SHELL
+
+
+# the report's own rules (snakemake --report): the comparison of every finished run, and each
+# run's pages (bmtard/experiments/workflow.py PAGES); seconds each, where Snakemake runs (no
+# cluster job)
+rule compare:
+    input:
+        compare_inputs(EXPERIMENTS),
+    output:
+        report(
+            directory(COMPARISON),
+            patterns=["{name}.png", "{name}.html"],
+            caption="report/comparison.rst",
+            category="Comparison",
+        ),
+    log:
+        "logs/compare.log",
+    localrule: True
+    conda:
+        "envs/bmtard.yaml"
+    params:
+        results=RESULTS,
+    shell:
+        "python -m bmtard compare --no-dvc --results {params.results} --out {output} > {log} 2>&1"
+
+
+for page in PAGES:
+    if EXPERIMENTS:
+
+        rule:
+            name:
+                f"{page.name}_grid"
+            input:
+                lambda wc, page=page: W.in_experiment(page.source, wc.exp),
+            output:
+                report(
+                    page_path(page, "{exp}"),
+                    caption=page.caption,
+                    category="Experiments",
+                    subcategory="{exp}",
+                ),
+            log:
+                f"logs/{page.name}_{{exp}}.log",
+            wildcard_constraints:
+                exp="|".join(re.escape(e) for e in EXPERIMENTS),
+            localrule: True
+            conda:
+                "envs/bmtard.yaml"
+            params:
+                # a function: a loop variable read in `shell:` is read when the job runs
+                cmd=lambda wc, page=page: page_command(page, wc.exp),
+            shell:
+                "{params.cmd} > {log} 2>&1"
+
+    else:
+
+        rule:
+            name:
+                page.name
+            input:
+                page.source,
+            output:
+                report(
+                    page_path(page, None), caption=page.caption, category="Experiments"
+                ),
+            log:
+                f"logs/{page.name}.log",
+            localrule: True
+            conda:
+                "envs/bmtard.yaml"
+            params:
+                cmd=lambda wc, page=page: page_command(page, None),
+            shell:
+                "{params.cmd} > {log} 2>&1"

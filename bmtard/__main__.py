@@ -3,8 +3,10 @@ protocol; ``bmtard.evaluation.command``), ``python -m bmtard compare ...`` (ever
 one table and picture; ``bmtard.experiments.compare``) and ``python -m bmtard curves ...`` (a
 run's temperatures and loss weights; ``bmtard.experiments.curves``), ``python -m bmtard check``
 (params.yaml and a grid validated, with the stages' one-line message; ``bmtard.experiments.check``)
-and ``python -m bmtard teachers`` (the published teachers, their files and where to get them;
-``bmtard.experiments.published``).
+``python -m bmtard teachers`` (the published teachers, their files and where to get them;
+``bmtard.experiments.published``), ``python -m bmtard card`` (a model card as a page;
+``bmtard.experiments.pages``) and ``python -m bmtard offline-plots`` (``dvc plots show``
+without a network; ``bmtard.experiments.offline_plots``).
 ``--help`` after a command lists its options."""
 
 from __future__ import annotations
@@ -43,12 +45,26 @@ def _curves(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _card(argv: Sequence[str]) -> int:
+    from bmtard.experiments.pages import main
+
+    return main(argv)
+
+
+def _offline_plots(argv: Sequence[str]) -> int:
+    from bmtard.experiments.offline_plots import main
+
+    return main(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "evaluate": _evaluate,
     "compare": _compare,
     "curves": _curves,
     "check": _check,
     "teachers": _teachers,
+    "card": _card,
+    "offline-plots": _offline_plots,
 }
 
 

@@ -15,6 +15,7 @@ def add_arguments(p):
     p.add_argument("--details", required=True, help="JSON of the other numbers to write")
     p.add_argument("--card", required=True, help="model card JSON to write next to the student")
     p.add_argument("--plots", required=True, help="folder for eps_curve.csv and per_class.csv")
+    p.add_argument("--cost", required=True, help="JSON of what the evaluation cost to write")
 
 
 def main(params, args, stop=None):
@@ -31,6 +32,7 @@ def main(params, args, stop=None):
         details=args.details,
         card=args.card,
         plots=args.plots,
+        cost=args.cost,
     )
 
 

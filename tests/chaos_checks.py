@@ -8,6 +8,8 @@ from pathlib import Path
 
 from bmtard.models.checkpoint import saved_record
 
+from pipeline_helpers import timeless
+
 # The tiny preset with several batches per epoch, a saved state after every batch, two epochs
 # (CIARD's teacher fine-tuned in the second) and a quick evaluation in several batches: each
 # stage has many moments to be killed at, and each finishes in seconds on a CPU.
@@ -36,13 +38,17 @@ ROLES = ("clean", "robust")
 
 
 def files(repo: Path, folders: list[str]) -> dict[str, bytes]:
-    """Every file under ``folders`` of ``repo``, by relative path, but TensorBoard's event files
-    (their names and records hold wall times), which ``scalars`` reads instead."""
+    """Every file under ``folders`` of ``repo``, by relative path, as ``timeless`` gives it, but
+    TensorBoard's event files (their names and records hold wall times), which ``scalars`` reads
+    instead."""
     out = {}
     for folder in folders:
         for p in sorted((repo / folder).rglob("*")):
             if p.is_file() and not p.name.startswith("events.out.tfevents."):
-                out[str(p.relative_to(repo))] = p.read_bytes()
+                name = str(p.relative_to(repo))
+                data = timeless(name, p.read_bytes())
+                if data is not None:
+                    out[name] = data
     return out
 
 

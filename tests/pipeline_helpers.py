@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from bmtard.experiments.workflow import REPORT_RULES
 
 from conftest import ROOT, SAMPLE
 
@@ -148,6 +151,26 @@ def dvc_ran(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
-def snakemake_ran(output: str) -> list[str]:
-    """Rules that a snakemake run finished (without the `all` target)."""
-    return [r for r in re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output) if r != "all"]
+def snakemake_ran(output: str, report: bool = False) -> list[str]:
+    """Rules that a snakemake run finished (without the `all` target, and without the report's
+    rules unless ``report``)."""
+    ran = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output)
+    return [r for r in ran if r != "all" and (report or r not in REPORT_RULES)]
+
+
+#: files that hold wall times: a stage's cost, and the files that gather the costs
+COST_FILE = "cost.json"
+WITH_COST = (".card.json", "details.json")
+
+
+def timeless(name: str, data: bytes) -> bytes | None:
+    """A pipeline file as two runs of the same settings must agree on it (an interrupted one,
+    another engine's): None for a cost file (bmtard/core/cost.py: wall times), a model card or
+    details.json without its ``cost``, any other file as it is."""
+    if name.endswith(COST_FILE):
+        return None
+    if name.endswith(WITH_COST):
+        content = json.loads(data)
+        content.pop("cost", None)
+        return json.dumps(content, sort_keys=True).encode()
+    return data

@@ -28,7 +28,7 @@ import pytest
 
 from chaos import Chaos, dvc_queue_chaos, queue, queue_status
 from chaos_checks import CHAOS, NAMES, leftovers
-from pipeline_helpers import BIN, copy_project, git, run
+from pipeline_helpers import BIN, COST_FILE, WITH_COST, copy_project, git, run, timeless
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
@@ -63,12 +63,21 @@ def experiments(repo) -> dict[str, dict]:
                     continue
                 assert rev["name"] not in out, rev["name"]  # one success each
                 data = rev["data"]
+                # cost files hold wall times, details.json and the card gather them: those two
+                # without them (pipeline_helpers.timeless), from the experiment's commit
                 outs = {
-                    p: o.get("hash") for p, o in data["outs"].items() if not p.startswith("runs/")
+                    p: shown_at(repo, rev, p) if p.endswith(WITH_COST) else o.get("hash")
+                    for p, o in data["outs"].items()
+                    if not p.startswith("runs/") and not p.endswith(COST_FILE)
                 }
                 metrics = {p: m.get("data") for p, m in data["metrics"].items()}
                 out[rev["name"]] = {"outs": outs, "metrics": metrics}
     return out
+
+
+def shown_at(repo, rev: dict, path: str) -> bytes | None:
+    """A file of an experiment's commit as ``timeless`` gives it."""
+    return timeless(path, git(repo, "show", f"{rev['rev']}:{path}").stdout.encode())
 
 
 def queue_logs(repo) -> str:

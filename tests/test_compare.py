@@ -77,13 +77,16 @@ def test_workspace_and_grid_runs_in_one_table(tmp_path):
     assert list(table[0]) == [
         "Experiment", "Engine", "Method", "Teachers", "Student", "Dataset", "Seed",
         "Clean", "FGSM", "PGD-SAT", "PGD-TRADES", "CW∞", "AA", "W-Robust", "Sanity",
+        "Train min", "Train img/s", "Peak GB", "GPU-h", "Eval min", "Device",
     ]  # fmt: skip
     assert table[1]["W-Robust"] == 57.5 and table[1]["AA"] == 45.0
     md = to_markdown(table).splitlines()
-    assert md[0].startswith("| Experiment | Engine | Method |") and md[0].endswith("| Sanity |")
+    assert md[0].startswith("| Experiment | Engine | Method |") and md[0].endswith(
+        "| Sanity | Train min | Train img/s | Peak GB | GPU-h | Eval min | Device |"
+    )
     assert md[3] == (
         "| method-sat_seed-1 | snakemake | SAT | none | resnet18 | cifar10 | 1 | 70.00 | 50.00 "
-        "| 40.00 | 41.00 | 38.00 | 45.00 | 57.50 | failed |"
+        "| 40.00 | 41.00 | 38.00 | 45.00 | 57.50 | failed | — | — | — | — | — | — |"
     )
 
 
@@ -159,7 +162,8 @@ def test_files_and_picture(tmp_path):
     out = tmp_path / "comparison"
     written = write_comparison(gather(tmp_path, use_dvc=False), out)
     assert [p.name for p in written] == [
-        "comparison.csv", "comparison.md", "summary.csv", "tradeoff.csv", "tradeoff-cifar10.png",
+        "comparison.csv", "comparison.md", "comparison.html", "summary.csv", "tradeoff.csv",
+        "tradeoff-cifar10.png",
     ]  # fmt: skip
     png = (out / "tradeoff-cifar10.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
@@ -260,3 +264,52 @@ def test_runs_of_other_teachers_are_other_settings_with_a_teachers_column(tmp_pa
     assert tmp_path / "comparison" / "tradeoff-cifar10.png" in written
     summary = (tmp_path / "comparison" / "comparison.md").read_text()
     assert "| B-MTARD | clean: AutoAttack_ResNet18 · robust: wrn34_10×0.1 (trained) |" in summary
+
+
+def test_what_each_run_cost_per_run_and_over_seeds(tmp_path):
+    """The cost files beside a run give its cost columns (a run without them: blank), their mean
+    and spread over seeds, the cost picture, and the HTML page of the Snakemake report."""
+    from test_cost import _costs
+
+    results = tmp_path / "results"
+    for seed, minutes in ((0, 10.0), (1, 14.0)):
+        _finished(results / f"b{seed}", "bmtard", seed, _metrics(60.0 + seed, 30.0))
+        _costs(results / f"b{seed}", train_s=minutes * 60)
+    _finished(results / "s0", "sat", 0, _metrics(55.0, 28.0))  # costs not recorded
+    runs = gather(tmp_path, use_dvc=False)
+    table = {r["Experiment"]: r for r in rows(runs)}
+    assert (table["b0"]["Train min"], table["b1"]["Train min"]) == (10.0, 14.0)
+    assert (table["b0"]["Peak GB"], table["b0"]["Eval min"], table["b0"]["GPU-h"]) == (
+        2.0, 2.0, pytest.approx(1 / 6),
+    )  # fmt: skip
+    assert table["b0"]["Device"] == "NVIDIA H100" and table["s0"]["Device"] == "—"
+    assert table["s0"]["Train min"] is None
+    summary = summary_rows(groups(runs))
+    assert summary[0]["Train min"] == "12.00 ± 2.83 (2)" and summary[1]["Train min"] == "—"
+    out = tmp_path / "comparison"
+    written = write_comparison(runs, out)
+    assert out / "cost-cifar10.png" in written
+    assert (out / "cost-cifar10.png").read_bytes().startswith(b"\x89PNG")
+    page = (out / "comparison.html").read_text()
+    assert page.count("<table>") == 2 and "<th>Train min</th>" in page and "12.00 ± 2.83" in page
+    md = (out / "comparison.md").read_text()
+    assert "| Train min | Train img/s | Peak GB | GPU-h | Eval min | Device |" in md
+
+
+def test_no_cost_picture_without_costs(tmp_path):
+    _finished(tmp_path, "sat", 0, _metrics(55.0, 28.0))
+    written = write_comparison(gather(tmp_path, use_dvc=False), tmp_path / "c")
+    assert not [p for p in written if p.name.startswith("cost-")]
+
+
+def test_a_dvc_rows_cost_comes_from_its_commit():
+    shown = [{"rev": "workspace", "data": {}, "experiments": [{"revs": [{
+        "rev": "abc123", "name": "exp-1", "data": {
+            "params": {"params.yaml": {"data": _params("sat")}},
+            "metrics": {"metrics/evaluate.json": {"data": _metrics(50.0, 25.0)}},
+        }}]}]}]  # fmt: skip
+    asked = []
+    (run,) = parse_exp_show(shown, lambda rev: asked.append(rev) or {"train_minutes": 3.0})
+    assert asked == ["abc123"] and run.cost == {"train_minutes": 3.0}
+    (run,) = parse_exp_show(shown)
+    assert run.cost == {}

@@ -19,7 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import BIN, copy_project, dvc_ran, env, read_params, set_key, write_params
+from pipeline_helpers import (
+    BIN,
+    copy_project,
+    dvc_ran,
+    env,
+    read_params,
+    set_key,
+    timeless,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +71,9 @@ def results(repo: Path) -> dict:
     """What a run produced: checkpoint bytes, metrics, and every curve's (step, value) rows."""
     out = {m: (repo / m).read_bytes() for m in MODELS}
     out["metrics"] = json.loads((repo / "metrics" / "evaluate.json").read_text())
-    out["details"] = json.loads((repo / "metrics" / "details.json").read_text())
+    out["details"] = json.loads(
+        timeless("details.json", (repo / "metrics/details.json").read_bytes())
+    )
     for tsv in sorted(repo.glob("dvclive/*/plots/metrics/*.tsv")):
         with open(tsv, newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
@@ -114,6 +125,10 @@ def test_dvc_repro_resumes_after_kills_to_identical_results(tmp_path, reference)
     assert "resuming evaluation" in proc.stdout + proc.stderr
     assert results(repo) == reference
     assert leftovers(repo) == []
+    # a resumed stage's cost sums its starts (bmtard/core/cost.py)
+    for model in MODELS:
+        spent = json.loads((repo / model.replace(".pt", ".cost.json")).read_text())
+        assert spent["starts"] == 2 and spent["seconds"] > 0, (model, spent)
     assert dvc_ran(engine(repo, DVC).stdout) == []  # DVC records the resumed stages as done
 
 

@@ -17,7 +17,7 @@ import yaml
 from bmtard.models.checkpoint import load_model
 
 from dataset_fixtures import write_cifar100, write_tiny_imagenet
-from pipeline_helpers import BIN, copy_project, dvc_ran, git, run, snakemake_ran
+from pipeline_helpers import BIN, REPORT_RULES, copy_project, dvc_ran, git, run, snakemake_ran
 
 pytestmark = pytest.mark.slow
 
@@ -56,11 +56,12 @@ def _no_teacher_file(path) -> bool:
 
 
 def _planned(output: str) -> list[tuple[str, str | None]]:
-    """The (rule, experiment) of each job a Snakemake dry run plans, but `all`."""
+    """The (rule, experiment) of each job a Snakemake dry run plans, but `all` and the report's
+    (which follow every finished run)."""
     jobs = []
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
         head = re.match(r"(?:local)?rule (\w+):", block)
-        if head and head.group(1) != "all":
+        if head and head.group(1) not in ("all", *REPORT_RULES):
             exp = re.search(r"wildcards: exp=(\S+)", block)
             jobs.append((head.group(1), exp and exp.group(1)))
     return sorted(jobs)

@@ -364,6 +364,7 @@ def test_the_evaluation_opens_only_the_students_teachers(tmp_path, data):
         clean_teacher=str(placeholders["clean"]), robust_teacher=str(placeholders["robust"]),
         metrics=str(tmp_path / "eval.json"), details=str(tmp_path / "details.json"),
         card=str(tmp_path / "card.json"), plots=str(tmp_path / "plots"),
+        cost=str(tmp_path / "cost.json"),
     )  # fmt: skip
     details = json.loads((tmp_path / "details.json").read_text())
     assert details["teachers"] == {}

@@ -12,10 +12,12 @@ import csv
 import json
 import shlex
 import sys
+import time
 
 import pytest
 import yaml
 
+from browser import network_requests, offline_chromium
 from conftest import ROOT
 from pipeline_helpers import (
     BIN,
@@ -26,6 +28,7 @@ from pipeline_helpers import (
     run,
     set_key,
     snakemake_ran,
+    timeless,
     write_params,
 )
 
@@ -80,6 +83,17 @@ def check_outputs(repo):
     assert (card["architecture"], card["dataset"], card["eps"]) == ("resnet18", "cifar10", "8/255")
     assert card["clean_acc"] == metrics["clean"]
     assert set(card["teachers"]) == {"clean", "robust"}
+    # what each stage cost: beside each model, the card and details.json gather them
+    cost = card["cost"]
+    assert details["cost"] == cost and set(cost) == {"training", "teachers", "evaluation"}
+    assert set(cost["teachers"]) == {"clean", "robust"}
+    for spent in (cost["training"], cost["evaluation"], *cost["teachers"].values()):
+        assert spent["seconds"] > 0 and spent["images"] > 0 and spent["starts"] == 1, spent
+        assert spent["memory"] == "process RSS" and spent["peak_memory_mb"] > 100
+        assert "thread" in spent["device"] and spent["gpu_seconds"] == 0
+    assert cost["evaluation"] == json.loads((repo / "metrics" / "cost.json").read_text())
+    trained = json.loads((repo / "models" / "student.cost.json").read_text())
+    assert cost["training"] == trained and trained["stage"] == "distill"
     per_class = (repo / "metrics" / "per_class.csv").read_text()
     assert per_class.startswith("class,clean,robust\nairplane,")
     # per-epoch curves of the balancing
@@ -121,6 +135,41 @@ def test_dvc_repro_produces_every_output(dvc_repo):
     assert not (dvc_repo / "logs").exists()  # the log files are Snakemake's only
 
 
+def _rendered_plots(page, wait_s: float) -> tuple[int, int, list[str]]:
+    """DVC's plots page opened offline: (plots on it, plots Vega drew within ``wait_s``
+    seconds, network requests made)."""
+    from selenium.webdriver.common.by import By
+
+    with offline_chromium() as driver:
+        driver.get(page.as_uri())
+        total = page.read_text().count("vegaEmbed('#")  # a plot's div calls it
+
+        def drawn() -> int:  # Vega draws a plot as a canvas (or an svg) of class marks
+            return len(driver.find_elements(By.CSS_SELECTOR, "canvas.marks, svg.marks"))
+
+        end = time.monotonic() + wait_s
+        while drawn() < total and time.monotonic() < end:
+            time.sleep(0.25)
+        return total, drawn(), network_requests(driver)
+
+
+def test_dvc_plots_render_offline_after_offline_plots(dvc_repo, tmp_path):
+    """`dvc plots show` writes a page that loads Vega from a CDN: offline it draws nothing;
+    after `python -m bmtard offline-plots` the same command draws every plot offline."""
+    repo = dvc_repo
+    run(repo, DVC, "plots", "show", "-o", str(tmp_path / "cdn"))
+    total, drawn, _ = _rendered_plots(tmp_path / "cdn" / "index.html", wait_s=3)
+    assert total >= 5 and drawn == 0  # the CDN's scripts could not load
+    proc = run(repo, str(BIN / "python"), "-m", "bmtard", "offline-plots")
+    assert "dvc plots show now renders without a network" in proc.stdout
+    assert "offline-plots.html" in (repo / ".dvc" / "config.local").read_text()
+    assert git(repo, "status", "--porcelain", ".dvc").stdout == ""  # nothing to commit
+    run(repo, DVC, "plots", "show", "-o", str(tmp_path / "offline"))
+    page = tmp_path / "offline" / "index.html"
+    assert "cdn.jsdelivr" not in page.read_text()
+    assert _rendered_plots(page, wait_s=20) == (total, total, [])
+
+
 def test_snakemake_produces_every_output_and_a_log_per_rule(snake_repo):
     check_outputs(snake_repo)
     for stage in STAGES:
@@ -130,8 +179,8 @@ def test_snakemake_produces_every_output_and_a_log_per_rule(snake_repo):
 def test_both_engines_give_identical_metrics(dvc_repo, snake_repo):
     """Same params and seed on the CPU: the same numbers, whichever engine ran the stages."""
     for name in ("evaluate.json", "details.json"):
-        a = json.loads((dvc_repo / "metrics" / name).read_text())
-        b = json.loads((snake_repo / "metrics" / name).read_text())
+        a = timeless(name, (dvc_repo / "metrics" / name).read_bytes())
+        b = timeless(name, (snake_repo / "metrics" / name).read_bytes())
         assert a == b, name
 
 

@@ -202,7 +202,7 @@ def test_resume_dir_that_cannot_be_created_is_one_line(prepared, tmp_path):
         "--clean-teacher", "models/clean_teacher.pt", "--robust-teacher",
         "models/robust_teacher.pt", "--metrics", "metrics/e.json", "--details", "metrics/d.json",
         "--card", "models/s.card.json",
-        "--plots", "metrics",
+        "--plots", "metrics", "--cost", "metrics/c.json",
     )  # fmt: skip
     line = one_line_error(proc)
     assert line.startswith(
@@ -263,7 +263,7 @@ EVALUATE = (
     "stages.evaluate", "--data", "data", "--student", "models/student.pt",
     "--clean-teacher", "models/clean_teacher.pt", "--robust-teacher", "models/robust_teacher.pt",
     "--metrics", "metrics/e.json", "--details", "metrics/d.json", "--card", "models/s.card.json",
-    "--plots", "metrics",
+    "--plots", "metrics", "--cost", "metrics/c.json",
 )  # fmt: skip
 
 

@@ -15,12 +15,20 @@ from test_params_fuzz import QUICK
 from bmtard.core.errors import BmtardError
 from bmtard.experiments.grid import expand
 from bmtard.experiments.workflow import (
+    PAGES,
+    REPORT_RULES,
     RESULTS,
+    RUN_FILES,
     Workflow,
     code_closure,
     code_folders,
+    compare_inputs,
     gpus,
+    in_run,
     lookup,
+    page_command,
+    page_path,
+    report_targets,
     stage_module,
     stage_outputs,
     stage_params,
@@ -136,6 +144,31 @@ def test_an_experiment_waits_only_for_its_own_teachers_and_code(grid: Workflow):
     assert {"models/clean_teacher.pt", "models/robust_teacher.pt"} <= set(bmtard)
     shared = set(grid.all_outputs()) - {p for p in grid.all_outputs() if p.startswith(RESULTS)}
     assert "models/student.pt" not in shared and "data/train.npz" in shared
+
+
+def test_the_reports_rules_read_and_write_each_runs_own_files(grid: Workflow):
+    """The comparison reads every experiment's metrics and costs; each page of a run is made
+    from that run's own file (an output moved into its folder) into its pages/ folder."""
+    names = [e.name for e in grid.experiments]
+    for exp in names:
+        for path in (*RUN_FILES, *(p.source for p in PAGES)):
+            assert in_run(path, exp) == grid.in_experiment(path, exp) != path
+    assert compare_inputs(names) == [f"{RESULTS}/{e}/{f}" for e in names for f in RUN_FILES]
+    assert compare_inputs([]) == list(RUN_FILES)
+    curves, card = PAGES
+    exp = names[0]
+    assert page_command(card, exp) == (
+        f"python -m bmtard card {RESULTS}/{exp}/models/student.card.json "
+        f"--out {RESULTS}/{exp}/pages/card.html"
+    )
+    assert (
+        page_command(curves, None)
+        == "python -m bmtard curves --auto --run . --out pages/curves.png"
+    )
+    assert report_targets(names) == ["comparison"] + [page_path(p, e) for p in PAGES for e in names]
+    assert report_targets([]) == ["comparison", "pages/curves.png", "pages/card.html"]
+    assert set(REPORT_RULES) == {"compare", "curves", "card", "curves_grid", "card_grid"}
+    assert not set(REPORT_RULES) & set(STAGES)
 
 
 def test_a_dry_run_clears_no_lock(tmp_path):

@@ -16,8 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -103,6 +101,8 @@ def save_torch(obj: Any, path: str | Path) -> None:
     """``torch.save`` into ``path`` through a file object, so the archive's inner folder is
     always named "archive" (given a path, torch names it after the file, and a temporary's
     random name would make identical saves differ byte for byte)."""
+    import torch  # here: reading and writing JSON needs no torch
+
     with open(path, "wb") as f:
         torch.save(obj, f)
 

@@ -20,7 +20,8 @@ class ModelCard:
     that are set (stage, method, source, epoch, selection, teachers, the data's SHA-256s, the
     training code); ``sanity``: each check with its values and verdict (None: not run);
     ``teachers``: each teacher the student learnt from, with its measured and published numbers
-    (None: a model evaluated outside the pipeline)."""
+    (None: a model evaluated outside the pipeline); ``cost``: what its training, its teachers
+    and this evaluation cost (``bmtard.core.cost``; None: not known)."""
 
     architecture: str
     width: float
@@ -45,6 +46,7 @@ class ModelCard:
     protocol: dict[str, Any]
     sanity: dict[str, Any] | None = None
     teachers: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, ev: Evaluation, info: CheckpointInfo, checkpoint: str, dataset: str) -> ModelCard:
@@ -89,9 +91,10 @@ class ModelCard:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        """The card as written: every field, but ``sanity`` and ``teachers`` where unset."""
+        """The card as written: every field, but ``sanity``, ``teachers`` and ``cost`` where
+        unset."""
         out = dataclasses.asdict(self)
-        for optional in ("sanity", "teachers"):
+        for optional in ("sanity", "teachers", "cost"):
             if out[optional] is None:
                 del out[optional]
         return out

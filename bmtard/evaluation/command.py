@@ -23,11 +23,12 @@ from torch import nn
 from bmtard.config import attack_table
 from bmtard.config.params import load_params, parse_params
 from bmtard.config.schema import EvaluateConfig, to_dict
+from bmtard.core.cost import CostMeter, write_cost
 from bmtard.core.errors import ParamsError
 from bmtard.core.io import sha256_file
 from bmtard.evaluation.card import ModelCard
 from bmtard.evaluation.runner import resumable
-from bmtard.evaluation.stage import check_resume_dir, evaluate_file, fail_if_asked
+from bmtard.evaluation.stage import check_resume_dir, costs, evaluate_file, fail_if_asked
 from bmtard.evaluation.writers import write_outputs
 from bmtard.models.checkpoint import (
     CheckpointInfo,
@@ -124,15 +125,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             checked.append((args.transfer_from, source[1], "the transfer source"))
         card_path = args.card or Path(args.checkpoint).with_suffix(".card.json")
         out = Path(args.out)
+        meter = CostMeter("evaluate", device)
         with resumable(cfg.resume_dir) as open_state:
             ev, _, dataset = evaluate_file(
                 model, info, args.data, cfg, device, seed, source, open_state, checked=checked
             )
+            spent = meter.cost(images=ev.n_images)
+            write_cost(out / "cost.json", spent)
+            card = ModelCard.of(ev, info, args.checkpoint, dataset)
+            card.cost = costs(args.checkpoint, {}, spent)
             write_outputs(
                 ev,
                 metrics=out / "evaluate.json",
                 details=out / "details.json",
-                card=ModelCard.of(ev, info, args.checkpoint, dataset),
+                card=card,
                 card_path=card_path,
                 plots=out,
                 selected_epoch=info.record.epoch,

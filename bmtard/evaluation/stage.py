@@ -16,6 +16,7 @@ from torch import nn
 
 from bmtard.config import attack_table, dataset_table, teacher_table
 from bmtard.config.schema import EvaluateConfig
+from bmtard.core.cost import Cost, CostMeter, cost_path, read_cost, write_cost
 from bmtard.core.errors import BmtardError, CheckpointError
 from bmtard.core.paths import writable_folder
 from bmtard.data.splits import Split, load_manifest, load_split
@@ -123,6 +124,21 @@ def evaluate_file(
     return ev, test, manifest.get("dataset") or DATASET_BY_CLASSES.get(n, f"{n} classes")
 
 
+def costs(student: str, teachers: dict[str, str], evaluation: Cost) -> dict[str, Any]:
+    """What made and measured the student cost, for its card: its training, each of its
+    teachers' (training or import), this evaluation (None where a file has no cost beside it)."""
+
+    def of(model: str) -> dict[str, Any] | None:
+        found = read_cost(cost_path(model))
+        return None if found is None else found.as_dict()
+
+    return {
+        "training": of(student),
+        "teachers": {role: of(path) for role, path in teachers.items()},
+        "evaluation": evaluation.as_dict(),
+    }
+
+
 def published_numbers(name: str | None, dataset: str | None) -> dict[str, Any]:
     """A published teacher's name and published accuracies (%), for its model card entry ({}
     for a teacher trained here or imported from a file by path alone)."""
@@ -150,12 +166,15 @@ def evaluate_pipeline(
     details: str,
     card: str,
     plots: str,
+    cost: str,
 ) -> None:
     """The evaluate stage: the protocol and sanity checks on the student (the robust teacher is
     the transfer source), a check of each teacher the student learnt from (its training record
-    names them; a method without teachers gets no transfer check), then every output file; the
-    resume state is dropped once they are written."""
+    names them; a method without teachers gets no transfer check), then every output file (the
+    card with what every stage cost: the ``.cost.json`` beside each model, and the evaluation's
+    own, written to ``cost``); the resume state is dropped once they are written."""
     check_resume_dir(cfg)
+    meter = CostMeter("evaluate", device)
     model, info = load_model(student, device)
     check_role(student, info, "student")
     paths = {"clean": clean_teacher, "robust": robust_teacher}
@@ -185,6 +204,9 @@ def evaluate_pipeline(
                 **published_numbers(tinfo.record.published, dataset),
                 **acc,
             }
+        spent = meter.cost(images=ev.n_images)
+        write_cost(cost, spent)
+        the_card.cost = costs(student, {r: paths[r] for r in teachers}, spent)
         write_outputs(
             ev,
             metrics=metrics,

@@ -4,7 +4,9 @@ metrics JSON     what runs are compared by, flat: accuracy (%) clean and per att
                  w_robust, the sanity verdict, the epoch of the weights (DVC metrics: the
                  columns of ``dvc exp show``)
 details JSON     every number: accuracies with the worst case, weighted robust accuracy per
-                 attack, eps-curve, worst class, the teachers' accuracy, each sanity check
+                 attack, eps-curve, worst class, the teachers' accuracy, each sanity check, and
+                 what the student, its teachers and the evaluation cost (the card's ``cost``;
+                 the one part that differs between two runs of the same settings)
 eps_curve.csv    eps (1/255) -> PGD-20 accuracy (%)              (a DVC plot)
 per_class.csv    class -> clean and worst-case robust accuracy (%) (a DVC plot)
 model card       ``bmtard.evaluation.card.ModelCard``
@@ -53,8 +55,9 @@ def write_outputs(
     headline = ev.metrics()
     if selected_epoch is not None:
         headline["epoch"] = selected_epoch
-    write_json(
-        details, {**ev.details(), **({"teachers": teachers} if teachers is not None else {})}
-    )
+    extra = {"teachers": teachers} if teachers is not None else {}
+    if card.cost is not None:
+        extra["cost"] = card.cost
+    write_json(details, {**ev.details(), **extra})
     write_json(metrics, headline)
     write_json(card_path, card.as_dict())

@@ -6,9 +6,11 @@ markers). Where the runs come from: ``bmtard.experiments.runs``.
 
 Writes (into ``--out``, default ``comparison/``, each file atomically):
   comparison.csv, comparison.md   one row per run, then (the .md) one per setting over seeds
+  comparison.html                 both tables as a page (the Snakemake report's)
   summary.csv                     per setting and column: mean, std, n (accuracies in %)
   tradeoff.csv                    the picture's points (runs and reported ones), a DVC plot
   tradeoff-<dataset>.png          the picture, one per dataset
+  cost-<dataset>.png              training time against W-Robust, where the runs' costs are known
 
 Usage (``python -m bmtard compare`` is the same command):
   python -m bmtard.experiments.compare            # all of the above, from the project in the cwd
@@ -27,9 +29,10 @@ from typing import Any
 
 from bmtard.core.errors import BmtardError
 from bmtard.core.io import write_atomic
-from bmtard.experiments.runs import COLUMNS, W_ROBUST, Run, gather
+from bmtard.experiments.pages import comparison_page
+from bmtard.experiments.runs import COLUMNS, COST_COLUMNS, W_ROBUST, Run, gather
 from bmtard.experiments.seeds import groups, numbers, summary_rows
-from bmtard.experiments.tradeoff import plot, points
+from bmtard.experiments.tradeoff import plot, plot_cost, points
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,9 @@ def rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
             row[header] = r.accuracy.get(key)
         row[W_ROBUST] = r.w_robust
         row["Sanity"] = r.sanity
+        for header, key in COST_COLUMNS:
+            row[header] = r.cost.get(key)
+        row["Device"] = r.cost.get("device", "—")
         out.append(row)
     return out
 
@@ -85,14 +91,20 @@ def to_markdown(table: list[dict[str, Any]]) -> str:
         return "No finished experiment found.\n"
 
     def cell(head: str, value: Any) -> str:
-        number = isinstance(value, float) or (value is None and head != "Sanity")
+        number = isinstance(value, float) or (value is None and head not in ("Sanity", "Device"))
         return _cell(value) if number else str(value)
 
-    note = (
-        f"\nAccuracies in %, eps 8/255. {W_ROBUST} = (Clean + AA) / 2. Sanity: the gradient-"
-        "masking checks of the evaluation (passed, failed, or not run).\n"
-    )
-    return _markdown(table, cell) + note
+    return _markdown(table, cell) + f"\n{NOTE}\n"
+
+
+#: what the table's columns hold (below it, in Markdown and on the report's page)
+NOTE = (
+    f"Accuracies in %, eps 8/255. {W_ROBUST} = (Clean + AA) / 2. Sanity: the gradient-masking "
+    "checks of the evaluation (passed, failed, or not run). Cost: the student's training "
+    "(minutes, images per second, GPU-hours) and the evaluation (minutes), their peak memory (GB: "
+    "CUDA allocated on a GPU, the process's RSS on a CPU), on the device named (— where no cost "
+    "file was found). Over seeds: mean ± sample standard deviation (number of runs)."
+)
 
 
 # --------------------------------------------------------------------------- command line
@@ -107,6 +119,7 @@ def write_comparison(runs: Sequence[Run], out: Path) -> list[Path]:
     for name, text in (
         ("comparison.csv", to_csv(table)),
         ("comparison.md", to_markdown(table) + "\n" + summary_markdown(summary_rows(found))),
+        ("comparison.html", comparison_page(table, summary_rows(found), NOTE)),
         ("summary.csv", to_csv(numbers(found))),
         ("tradeoff.csv", to_csv(pts)),
     ):
@@ -116,6 +129,10 @@ def write_comparison(runs: Sequence[Run], out: Path) -> list[Path]:
         path = out / f"tradeoff-{dataset}.png"
         plot(pts, found, dataset, path)
         written.append(path)
+    for dataset in sorted({g.dataset for g in found}):
+        path = out / f"cost-{dataset}.png"
+        if plot_cost(found, dataset, path):
+            written.append(path)
     return written
 
 

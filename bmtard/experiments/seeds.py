@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bmtard.config import method_table
-from bmtard.experiments.runs import COLUMNS, W_ROBUST, Run
+from bmtard.experiments.runs import COLUMNS, COST_COLUMNS, W_ROBUST, Run
 
 #: the parameter that varies inside a group
 SEED = ("run", "seed")
@@ -162,6 +162,9 @@ def summary_rows(found: Sequence[Group]) -> list[dict[str, Any]]:
             row[header] = "—" if stat is None else stat.text()
         verdicts = [r.sanity for r in g.runs]
         row["Sanity"] = ", ".join(f"{verdicts.count(v)} {v}" for v in dict.fromkeys(verdicts))
+        for header, key in COST_COLUMNS:
+            stat = g.stat(key)
+            row[header] = "—" if stat is None else stat.text()
         out.append(row)
     return out
 
@@ -177,7 +180,7 @@ def numbers(found: Sequence[Group]) -> list[dict[str, Any]]:
             "dataset": g.dataset,
         }
         row["seeds"] = " ".join(map(str, g.seeds))
-        for header, key in (*COLUMNS, (W_ROBUST, W_ROBUST)):
+        for header, key in (*COLUMNS, (W_ROBUST, W_ROBUST), *COST_COLUMNS):
             stat = g.stat(key)
             for part in ("mean", "std", "n"):
                 row[f"{header} {part}"] = None if stat is None else getattr(stat, part)

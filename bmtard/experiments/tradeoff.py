@@ -10,7 +10,7 @@ from typing import Any
 
 from bmtard.core.io import write_atomic
 from bmtard.experiments.reported import MISSING, Reported, reported
-from bmtard.experiments.runs import NO_TEACHER, W_ROBUST_OF, Run
+from bmtard.experiments.runs import NO_TEACHER, W_ROBUST, W_ROBUST_OF, Run
 from bmtard.experiments.seeds import Group
 
 #: marker shapes of the published points, one per point (hollow)
@@ -113,3 +113,42 @@ def plot(pts: list[dict[str, Any]], found: Sequence[Group], dataset: str, path: 
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
+
+
+def plot_cost(found: Sequence[Group], dataset: str, path: Path) -> bool:
+    """The student's training time (minutes, x) against W-Robust (y) on ``dataset``: each
+    group's mean with one standard deviation (several seeds), one colour per setting, one
+    marker per teacher setting, the device(s) in the title. False (nothing written) where no
+    run of the dataset has both."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = [g for g in found if g.dataset == dataset]
+    have = [g for g in mine if g.stat("train_minutes") and g.stat(W_ROBUST)]
+    if not have:
+        return False
+    labels = list(dict.fromkeys(g.label for g in have))
+    settings = list(dict.fromkeys(g.teachers for g in have if g.teachers != NO_TEACHER))
+    devices = sorted({r.cost.get("device") for g in have for r in g.runs} - {None})
+    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=120)
+    for g in have:
+        color = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")(labels.index(g.label) % 20)
+        at = settings.index(g.teachers) if g.teachers in settings else 0
+        t, w = g.stat("train_minutes"), g.stat(W_ROBUST)
+        teachers = f" · {g.teachers}" if len(settings) > 1 else ""
+        ax.errorbar(
+            [t.mean], [w.mean], xerr=[t.std or 0], yerr=[w.std or 0],
+            fmt=TEACHER_MARKERS[at % len(TEACHER_MARKERS)], ms=7, color=color, capsize=3,
+            label=f"{g.label}{teachers} ({w.n} seed{'s' if w.n > 1 else ''})",
+        )  # fmt: skip
+    ax.set_xlabel("the student's training time (minutes)")
+    ax.set_ylabel(f"{W_ROBUST} (%): (clean + AutoAttack) / 2")
+    ax.set_title(f"{dataset}: what each method costs; on {', '.join(devices) or '?'}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return True

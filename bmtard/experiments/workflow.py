@@ -339,3 +339,73 @@ class Workflow:
         ]
         own = [self.in_experiment(p, e.name) for e in self.experiments for p in sorted(self.moved)]
         return shared + own
+
+
+# ------------------------------------------------------------------------ the report's rules
+
+
+@dataclass(frozen=True)
+class Page:
+    """A picture or page of each run in the Snakemake report (``snakemake --report``), made by a
+    rule of its own (``name``; ``<name>_grid`` per experiment of a grid) from one file of the
+    run (``source``) into ``<run>/pages/<out>``. ``cmd``: its command, over ``{input}``,
+    ``{output}`` and ``{run}`` (the run's folder), filled in by ``page_command``."""
+
+    name: str
+    source: str
+    out: str
+    cmd: str
+    caption: str
+
+
+PAGES = (
+    Page(
+        "curves",
+        "dvclive/distill/metrics.json",  # written last: the distillation's curves are complete
+        "curves.png",
+        "python -m bmtard curves --auto --run {run} --out {output}",
+        "report/curves.rst",
+    ),
+    Page(
+        "card",
+        "models/student.card.json",
+        "card.html",
+        "python -m bmtard card {input} --out {output}",
+        "report/card.rst",
+    ),
+)
+#: the folder of the comparison (``python -m bmtard compare``), a report rule of its own
+COMPARISON = "comparison"
+#: every rule of the report: not pipeline stages, they follow every finished run
+REPORT_RULES = ("compare", *(p.name for p in PAGES), *(f"{p.name}_grid" for p in PAGES))
+
+
+def in_run(path: str, exp: str | None) -> str:
+    """``path`` of a run's folder: the workspace's (``exp`` None) or an experiment's."""
+    return path if exp is None else f"{RESULTS}/{exp}/{path}"
+
+
+def page_path(page: Page, exp: str | None) -> str:
+    return in_run(f"pages/{page.out}", exp)
+
+
+def page_command(page: Page, exp: str | None) -> str:
+    """The command that makes ``page`` of a run (the workspace's, ``exp`` None)."""
+    run = "." if exp is None else f"{RESULTS}/{exp}"
+    return page.cmd.format(input=in_run(page.source, exp), output=page_path(page, exp), run=run)
+
+
+#: the files a finished run's row in the comparison is read from (``bmtard.experiments.runs``)
+RUN_FILES = ("metrics/evaluate.json", "metrics/cost.json", "models/student.cost.json")
+
+
+def report_targets(exps: list[str]) -> list[str]:
+    """What the report shows besides the stages' outputs: the comparison and every run's
+    pages (a grid's experiments, else the workspace's run)."""
+    runs: list[str | None] = list(exps) or [None]
+    return [COMPARISON] + [page_path(p, e) for p in PAGES for e in runs]
+
+
+def compare_inputs(exps: list[str]) -> list[str]:
+    runs: list[str | None] = list(exps) or [None]
+    return [in_run(f, e) for e in runs for f in RUN_FILES]

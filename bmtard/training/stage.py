@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from bmtard.config.schema import MonitorConfig, OptimConfig, RunConfig, to_dict
 from bmtard.core import distributed
+from bmtard.core.cost import Cost, CostMeter, cost_path, write_cost
 from bmtard.core.errors import BmtardError
 from bmtard.core.io import digest
 from bmtard.core.outputs import check_free_space, keep_last_good, last_good_copy, restore
@@ -58,11 +60,20 @@ NOT_IN_KEY = ("save_every_minutes", "state_dir", "divergence_factor")
 
 @dataclass(frozen=True)
 class Outputs:
-    """Where a training stage writes: the model file, the dvclive and TensorBoard folders."""
+    """Where a training stage writes: the model file, the dvclive and TensorBoard folders, and
+    beside the model what it cost (``cost``)."""
 
     model: Path
     live: Path
     tb: Path
+
+    @property
+    def cost(self) -> Path:
+        return cost_path(self.model)
+
+    def kept(self) -> list[Path]:
+        """What a finished result is made of (kept as the last good outputs)."""
+        return [self.model, self.live, self.tb, self.cost]
 
 
 def state_root(run: RunConfig) -> Path | None:
@@ -158,7 +169,16 @@ def train_and_save(
     sel = Selection(selection)
     judged = _monitored_split(section, selection, data)
     history: list[dict[str, float]] = []
-    start = _resume(store, parts, sel, history)
+    start, before = _resume(store, parts, sel, history)
+    gpus = run.processes if device.type == "cuda" else 0
+    meter = CostMeter(section, device, gpus, before)
+    per_epoch = batches.num_images * distributed.world()  # every rank's share of each batch
+    done_at_start = start.epoch * per_epoch + start.count
+
+    def cost(progress: Progress) -> Cost:
+        """The cost so far, with the images of the steps done since this start."""
+        return meter.cost(images=progress.epoch * per_epoch + progress.count - done_at_start)
+
     with Tracker(outputs.live, outputs.tb) if main else contextlib.nullcontext() as tracker:
         if main:
             tracker.replay(history)
@@ -175,7 +195,9 @@ def train_and_save(
             tracker.log(epoch, metrics)
             sel.consider(epoch, optim.epochs, metrics, model, method.networks())
 
-        saver = _Saver(store, parts, sel, history, run.save_every_minutes) if main else NoSaver()
+        saver = (
+            _Saver(store, parts, sel, history, run.save_every_minutes, cost) if main else NoSaver()
+        )
         log.info(
             "%s: %d train images, %d monitor images (%s split), epochs %d-%d of %d on %s",
             section, batches.num_images, judged.n_first(monitor.n_images),
@@ -210,6 +232,7 @@ def train_and_save(
             raise BmtardError(f"{section}: no epoch was selected (the monitor measured nothing)")
         weights = method.output() or sel.weights  # PeerAiD's weight average, where asked for
         write_model(section, outputs.model, spec, weights, final, store, sel.networks)
+        write_cost(outputs.cost, cost(Progress(optim.epochs)))
     finish(outputs, run, store)
     return sel
 
@@ -240,6 +263,7 @@ def finished_before(section: str, outputs: Outputs, record: TrainingRecord, run:
     paths = [outputs.model, outputs.live, outputs.tb]
     if all(p.exists() for p in paths) and _key_of(outputs.model) == key:
         log.info("%s: %s is this run's finished result: kept", section, outputs.model)
+        _cost_kept(section, outputs)
         return True
     root = state_root(run)
     if root is None:
@@ -247,10 +271,18 @@ def finished_before(section: str, outputs: Outputs, record: TrainingRecord, run:
     folder = root / "last-good"
     copies = [last_good_copy(p, folder) for p in paths]
     if all(c is not None and c.exists() for c in copies) and _key_of(copies[0]) == key:
-        restore(paths, folder)
+        restore(outputs.kept(), folder)
         log.info("%s: %s is this run's finished result: put back", section, copies[0])
+        _cost_kept(section, outputs)
         return True
     return False
+
+
+def _cost_kept(section: str, outputs: Outputs) -> None:
+    """A kept result keeps the cost file of the run that made it; one from before costs were
+    recorded gets a file that says so (every stage's outputs include one)."""
+    if not outputs.cost.exists():
+        write_cost(outputs.cost, Cost(section, notes={"recorded": False}))
 
 
 def _key_of(path: Path | None) -> str | None:
@@ -287,18 +319,19 @@ def finish(outputs: Outputs, run: RunConfig, store: StateStore | None) -> None:
     """The outputs are complete: keep a hard-linked copy of them, then drop the saved state."""
     root = state_root(run)
     if root is not None:
-        keep_last_good([outputs.model, outputs.live, outputs.tb], root / "last-good")
+        keep_last_good([p for p in outputs.kept() if p.exists()], root / "last-good")
     if store is not None:
         store.discard()
 
 
 def _resume(
     store: StateStore, parts: Parts, sel: Selection, history: list[dict[str, float]]
-) -> Progress:
-    """Restore every part from this run's saved state, if there is one; return where to start."""
+) -> tuple[Progress, Cost | None]:
+    """Restore every part from this run's saved state, if there is one; return where to start
+    and what the run cost before."""
     state = store.load()
     if state is None:
-        return Progress()
+        return Progress(), None
     parts.model.load_state_dict(state.model)
     parts.optimizer.load_state_dict(state.optimizer)
     parts.method.load_state_dict(state.method)
@@ -313,7 +346,7 @@ def _resume(
         p = dataclasses.replace(p, sums={}, count=0)
         torch.manual_seed(distributed.rank_seed(torch.initial_seed() + p.epoch) % 2**63)
     log.info("resuming from %s, the state %s", store.path, describe(p))
-    return p
+    return p, Cost.from_dict(state.cost)
 
 
 class _Saver:
@@ -327,8 +360,10 @@ class _Saver:
         sel: Selection,
         history: list[dict[str, float]],
         minutes: float,
+        cost: Callable[[Progress], Cost],
     ) -> None:
         self.store, self.parts, self.sel, self.history = store, parts, sel, history
+        self.cost = cost
         self.every_s = minutes * 60
         self.last = time.monotonic()
 
@@ -349,6 +384,7 @@ class _Saver:
             rng=RandomState.capture(),
             selection=self.sel.state_dict(),
             history=self.history,
+            cost=self.cost(progress).as_dict(),
         )
         self.store.save(state)
         self.last = time.monotonic()

@@ -111,6 +111,7 @@ class TrainingState:
     rng: RandomState
     selection: dict[str, Any]
     history: list[dict[str, float]]  # the logged metrics of each finished epoch, with "step"
+    cost: dict[str, Any] = field(default_factory=dict)  # what the run cost so far (core.cost)
 
     def to_payload(self) -> dict[str, Any]:
         d = asdict(self)
@@ -129,6 +130,7 @@ class TrainingState:
             rng=RandomState(**d["rng"]),
             selection=d["selection"],
             history=d["history"],
+            cost=d.get("cost", {}),
         )
 
 

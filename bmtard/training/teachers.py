@@ -12,6 +12,7 @@ import torch
 
 from bmtard.config import method_table
 from bmtard.config.schema import CleanTeacherConfig, RobustTeacherConfig, RunConfig, to_dict
+from bmtard.core.cost import Cost, CostMeter, write_cost
 from bmtard.core.distributed import on_main
 from bmtard.core.io import sha256_file
 from bmtard.core.outputs import keep_last_good, last_good_copy
@@ -68,7 +69,7 @@ def write_not_needed(
         if root is None:
             kept = "it is not kept (run.state_dir is null)"
         else:
-            keep_last_good([outputs.model, outputs.live, outputs.tb], root / "last-good")
+            keep_last_good([p for p in outputs.kept() if p.exists()], root / "last-good")
             kept = f"the trained one is kept in {last_good_copy(outputs.model, root / 'last-good')}"
         log.warning(
             "%s: %s held a trained model; it is replaced by a placeholder (distill.method %s "
@@ -79,6 +80,7 @@ def write_not_needed(
         tracker.log(0, {"trained": 0.0})
         tracker.summary({"trained": False, "reason": reason})
     save_no_model(outputs.model, reason)
+    write_cost(outputs.cost, Cost(section, notes={"trained": False}))
     log.info("%s; wrote %s in the model's place", reason, outputs.model)
 
 
@@ -110,6 +112,7 @@ def _import(
     )
     if finished_before(section, outputs, record, run):
         return
+    meter = CostMeter(section, device)
     model = import_state_dict(path, spec).to(device)
     metrics = run_monitor(model, data.test, cfg.monitor, device)
     log.info("%s: imported %s: %s", section, named, metrics)
@@ -130,6 +133,8 @@ def _import(
             {"source": "published" if entry else "checkpoint", "file": named, **metrics}
         )
         write_model(section, outputs.model, spec, model.state_dict(), record)
+    n = data.test.n_first(cfg.monitor.n_images)
+    write_cost(outputs.cost, meter.cost(images=n * (2 if "pgd_acc" in metrics else 1)))
     finish(outputs, run, None)
 
 
