@@ -103,7 +103,7 @@ NOTE = (
     "checks of the evaluation (passed, failed, or not run). Cost: the student's training "
     "(minutes, images per second, GPU-hours) and the evaluation (minutes), their peak memory (GB: "
     "CUDA allocated on a GPU, the process's RSS on a CPU), on the device named (— where no cost "
-    "file was found). Over seeds: mean ± sample standard deviation (number of runs)."
+    "file was found)."
 )
 
 
@@ -119,7 +119,7 @@ def write_comparison(runs: Sequence[Run], out: Path) -> list[Path]:
     for name, text in (
         ("comparison.csv", to_csv(table)),
         ("comparison.md", to_markdown(table) + "\n" + summary_markdown(summary_rows(found))),
-        ("comparison.html", comparison_page(table, summary_rows(found), NOTE)),
+        ("comparison.html", comparison_page(table, summary_rows(found), f"{NOTE} {SEEDS_NOTE}")),
         ("summary.csv", to_csv(numbers(found))),
         ("tradeoff.csv", to_csv(pts)),
     ):
@@ -140,12 +140,13 @@ def summary_markdown(summary: list[dict[str, Any]]) -> str:
     """The settings over seeds as Markdown (cells 'mean ± std (n)')."""
     if not summary:
         return ""
-    note = (
-        "\nOver seeds: mean ± sample standard deviation (number of runs) of each column, runs "
-        "whose parameters differ only in run.seed taken together (a run listed by two engines "
-        "counted once).\n"
-    )
-    return _markdown(summary, lambda head, value: str(value)) + note
+    return _markdown(summary, lambda head, value: str(value)) + f"\n{SEEDS_NOTE}\n"
+
+
+SEEDS_NOTE = (
+    "Over seeds: mean ± sample standard deviation (number of runs) of each column, runs whose "
+    "parameters differ only in run.seed taken together (a run listed by two engines counted once)."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,64 +55,73 @@ def _reported_point(p: Reported) -> dict[str, Any]:
 
 
 def plot(pts: list[dict[str, Any]], found: Sequence[Group], dataset: str, path: Path) -> None:
-    """Clean (x) against AutoAttack (y) on ``dataset``: each group's runs as small dots and its
-    mean as a large one with error bars of one standard deviation (several seeds), one colour
-    per setting of a method and one marker shape per teacher setting (the same method from two
-    teachers: one colour, two shapes); published points as hollow black markers, one shape
-    each. The legend names them (text labels beside the points would overlap where runs
-    cluster), with the teachers where the runs learned from more than one setting of them."""
+    """Clean (x) against AutoAttack (y) on ``dataset``, in two panels: the runs beside the
+    published points (left), and the runs alone at their own scale (right). Each group's runs
+    are small dots and its mean a large one with error bars of one standard deviation (several
+    seeds), one colour per setting of a method and one marker shape per teacher setting (the
+    same method from two teachers: one colour, two shapes); published points are hollow black
+    markers, one shape each. One legend below both names them (text labels beside the points
+    would overlap where runs cluster), with the teachers where the runs learned from more than
+    one setting of them."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=120)
     mine = [g for g in found if g.dataset == dataset]
+    ref = [p for p in pts if p["dataset"] == dataset and p["source"] != "run"]
+    rows = len(mine) + len(ref)
+    fig, (wide, near) = plt.subplots(1, 2, figsize=(12, 5.5 + 0.11 * rows), dpi=110)
     labels = list(dict.fromkeys(g.label for g in mine))
     settings = list(dict.fromkeys(g.teachers for g in mine if g.teachers != NO_TEACHER))
-    for g in mine:
-        color = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")(labels.index(g.label) % 20)
-        at = settings.index(g.teachers) if g.teachers in settings else 0
-        marker = TEACHER_MARKERS[at % len(TEACHER_MARKERS)]
-        runs = [r for r in g.runs if "clean" in r.accuracy and W_ROBUST_OF in r.accuracy]
-        if not runs:
-            continue
-        ax.scatter(
-            [r.accuracy["clean"] for r in runs],
-            [r.accuracy[W_ROBUST_OF] for r in runs],
-            s=14, color=color, alpha=0.45, zorder=3, marker=marker,
-        )  # fmt: skip
-        clean, robust = g.stat("clean"), g.stat(W_ROBUST_OF)
-        seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
-        teachers = f" · {g.teachers}" if len(settings) > 1 else ""
-        ax.errorbar(
-            [clean.mean], [robust.mean], xerr=[clean.std or 0], yerr=[robust.std or 0],
-            fmt=marker, ms=7, color=color, capsize=3, zorder=4,
-            label=f"{g.label}{teachers} ({seeds})",
-        )  # fmt: skip
-    ref = [p for p in pts if p["dataset"] == dataset and p["source"] != "run"]
+    for ax in (wide, near):
+        for g in mine:
+            _draw_group(ax, g, labels, settings, plt, legend=ax is wide)
+        ax.set_xlabel("clean accuracy (%)")
+        ax.set_ylabel("AutoAttack accuracy (%), eps 8/255")
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.08, y=0.08)
     for i, p in enumerate(ref):
-        ax.scatter(
+        wide.scatter(
             [p["clean"]], [p["autoattack"]], s=60, facecolors="none", edgecolors="black",
             marker=REPORTED_MARKERS[i % len(REPORTED_MARKERS)], label=p["name"], zorder=2,
         )  # fmt: skip
-    ax.set_xlabel("clean accuracy (%)")
-    ax.set_ylabel("AutoAttack accuracy (%), eps 8/255")
-    ax.set_title(f"{dataset}: clean vs robust accuracy; mean ± std over seeds, dots: runs")
-    ax.grid(alpha=0.3)
-    ax.margins(x=0.08, y=0.08)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    wide.set_title(f"{dataset}: the runs and the published points", fontsize=10)
+    near.set_title("the runs: mean ± std over seeds, dots: each run", fontsize=10)
+    handles, names = wide.get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.text(
-        0.01,
-        0.01,
+        0.01, 0.005,
         "reported: published numbers (bmtard/experiments/reported.py), with other teachers and "
         f"protocols; not in it: {', '.join(MISSING)}",
-        fontsize=6,
-        color="gray",
-    )
-    fig.tight_layout()
+        fontsize=6, color="gray",
+    )  # fmt: skip
+    legend_inches = 0.3 + 0.15 * ((len(handles) + 1) // 2)  # two columns of 7-point lines
+    fig.tight_layout(rect=(0, min(0.6, legend_inches / fig.get_figheight()), 1, 1))
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
+
+
+def _draw_group(ax, g: Group, labels: list[str], settings: list[str], plt, legend: bool) -> None:
+    """One setting on ``ax``: its runs as dots, its mean ± std as a marker with error bars."""
+    color = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")(labels.index(g.label) % 20)
+    at = settings.index(g.teachers) if g.teachers in settings else 0
+    marker = TEACHER_MARKERS[at % len(TEACHER_MARKERS)]
+    runs = [r for r in g.runs if "clean" in r.accuracy and W_ROBUST_OF in r.accuracy]
+    if not runs:
+        return
+    ax.scatter(
+        [r.accuracy["clean"] for r in runs], [r.accuracy[W_ROBUST_OF] for r in runs],
+        s=14, color=color, alpha=0.45, zorder=3, marker=marker,
+    )  # fmt: skip
+    clean, robust = g.stat("clean"), g.stat(W_ROBUST_OF)
+    seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
+    teachers = f" · {g.teachers}" if len(settings) > 1 else ""
+    ax.errorbar(
+        [clean.mean], [robust.mean], xerr=[clean.std or 0], yerr=[robust.std or 0],
+        fmt=marker, ms=7, color=color, capsize=3, zorder=4,
+        label=f"{g.label}{teachers} ({seeds})" if legend else None,
+    )  # fmt: skip
 
 
 def plot_cost(found: Sequence[Group], dataset: str, path: Path) -> bool:
