@@ -16,13 +16,18 @@ counts the FLOPs per image of each (``torch.utils.flop_counter`` on eager fp32 c
 teachers' forwards included), gives the fraction of the device's peak where the device is known,
 and projects the full runs (each method's published epochs on 50,000 images: 300 for B-MTARD,
 76 for TRADES; PGD-20 on 10,000 test images). ``--profile N`` adds the N ops that take the most
-self time in one step of each case (calls, share of the step).
+self time in one step of each case (calls, share of the step). ``--switches`` measures the
+B-MTARD step with each trick of the attack's fast path alone and with all of them
+(``bmtard.runtime.execution.FAST_PATH``: BatchNorm folded, the attack in bf16, no parameter
+gradients in the attack, channels_last, the attacked student compiled, the teachers in bf16)
+against the official structure, timed before and after them.
 
 Runs with torch alone (no DVC, no Snakemake), on a CPU or a GPU:
 
     python -m bench.bench_step --device cuda --batch 128 --precision bf16 --channels-last \\
         --json bench/out/h100.json
     python -m bench.bench_step --device cpu --batch 8,32,128 --order both --cases bmtard,official
+    python -m bench.bench_step --device cpu --batch 128 --width 0.25 --switches
 
 Synthetic images (random uint8 CIFAR-sized), because speed does not depend on their content.
 """
@@ -55,7 +60,7 @@ from bench.measure import (  # noqa: E402,F401 (flops_of: the tests' entry)
 )
 from bmtard.config.schema import RunConfig  # noqa: E402
 from bmtard.models import ARCHS  # noqa: E402
-from bmtard.runtime.execution import Execution, threads_given  # noqa: E402
+from bmtard.runtime.execution import FAST_PATH, Execution, threads_given  # noqa: E402
 
 TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # CIFAR
 EPOCHS = {"bmtard": 300, "trades": 76}  # the paper's runs (params.yaml)
@@ -132,6 +137,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--compile-backend", default="inductor", help="torch.compile's backend (eager: trace only)"
     )
+    p.add_argument("--attack-fold-bn", action="store_true", help="run.attack_fold_bn")
+    p.add_argument("--attack-bf16", action="store_true", help="run.attack_bf16")
+    p.add_argument("--attack-no-param-grads", action="store_true", help="run.attack_no_param_grads")
+    p.add_argument(
+        "--attack-compile", choices=("eager", "inductor", "cudagraphs"),
+        help="run.attack_compile (default eager); with --switches its value when on (default "
+        "inductor; eager: leave it out)",
+    )  # fmt: skip
+    p.add_argument("--teachers-bf16", action="store_true", help="run.teachers_bf16")
+    p.add_argument(
+        "--switches", action="store_true",
+        help="the B-MTARD step with each trick of the attack's fast path alone and all together",
+    )  # fmt: skip
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     p.add_argument("--steps", type=int, default=10, help="timed steps per case")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: what was granted)")
@@ -177,12 +195,11 @@ class Bench:
         self.args.batch = batch
         self.device = device
         self.split = C.synthetic_split(max(batch * (args.warmup + args.steps + 2), 1024))
-        self.ex = Execution(args.precision, args.channels_last, args.compile, device.type)
+        self.ex = execution(args, device)
         self.eager = Execution(device_type=device.type)
         self.results: list[Result] = []
         self.ratio: dict[str, float] = {}
-        f = f"{args.precision}{', channels_last' if args.channels_last else ''}"
-        self.fast = f + (", compiled" if args.compile else "")
+        self.fast = describe(self.ex)
 
     def log(self, name: str) -> None:
         print(f"measuring {name} at batch {self.args.batch} ...", file=sys.stderr, flush=True)
@@ -257,6 +274,95 @@ class Bench:
             self.add(label, step, count, a.precision, epochs * TRAIN_IMAGES, f"{epochs} epochs")
 
 
+def execution(args: argparse.Namespace, device: torch.device, **switches) -> Execution:
+    """The ``Execution`` the flags ask for, with ``switches`` (``FAST_PATH`` names) on top."""
+    chosen = {
+        "precision": args.precision, "channels_last": args.channels_last,
+        "compile": args.compile, "attack_fold_bn": args.attack_fold_bn,
+        "attack_bf16": args.attack_bf16, "attack_no_param_grads": args.attack_no_param_grads,
+        "attack_compile": args.attack_compile or "eager", "teachers_bf16": args.teachers_bf16,
+    }  # fmt: skip
+    return Execution(device_type=device.type, **{**chosen, **switches})
+
+
+def describe(ex: Execution) -> str:
+    """The execution in a few words: its precision, then each switch that is on."""
+    on = [
+        name if value is True else f"{name}={value}"
+        for name, value in (("channels_last", ex.channels_last), ("compiled", ex.compile),
+                            *((k, getattr(ex, k)) for k in FAST_PATH if k != "channels_last"))
+        if value not in (False, "eager")
+    ]  # fmt: skip
+    return ", ".join([ex.precision, *on])
+
+
+def switch_settings(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    """(name, the switches on): the faithful step, each trick alone, all of them."""
+    on = dict(FAST_PATH)
+    if args.attack_compile == "eager":
+        del on["attack_compile"]
+    elif args.attack_compile is not None:
+        on["attack_compile"] = args.attack_compile
+    return [("faithful", {}), *((k, {k: v}) for k, v in on.items()), ("all", on)]
+
+
+def measure_switches(args: argparse.Namespace, device: torch.device, batch: int) -> list[dict]:
+    """The B-MTARD step at ``batch`` with each setting of ``switch_settings``, and the official
+    structure timed before and after them (its mean time the reference of every ratio)."""
+    a = copy.copy(args)
+    a.batch = batch
+    split = C.synthetic_split(max(batch * (args.warmup + args.steps + 2), 1024))
+    official = C.bmtard_official(a, device, split)
+
+    def time_official() -> float:
+        print(f"measuring the official structure at batch {batch} ...", file=sys.stderr)
+        return seconds_per_step(official, args.warmup, args.steps, device)
+
+    first = time_official()
+    rows = []
+    for name, switches in switch_settings(args):
+        ex = Execution(device_type=device.type, **switches)
+        print(f"measuring B-MTARD ({name}) at batch {batch} ...", file=sys.stderr, flush=True)
+        step = C.bmtard_new(a, device, split, ex)
+        reset_peak(device)
+        sec = seconds_per_step(step, args.warmup, args.steps, device)
+        rows.append({"setting": name, "switches": switches, "execution": describe(ex),
+                     "seconds": sec, "peak_mib": peak_mib(device)})  # fmt: skip
+    last = time_official()
+    ref = (first + last) / 2
+    faithful = rows[0]["seconds"]
+    train = EPOCHS["bmtard"] * TRAIN_IMAGES
+    for r in rows:
+        r |= {
+            "batch": batch, "images_per_s": batch / r["seconds"],
+            "official_over_ours": ref / r["seconds"], "faithful_over_ours": faithful / r["seconds"],
+            "projected_hours_300_epochs": math.ceil(train / batch) * r["seconds"] / 3600,
+            "official_seconds": [first, last],
+        }  # fmt: skip
+    return rows
+
+
+def switches_table(rows: list[dict]) -> str:
+    out = [
+        "| setting | batch | ms/step | images/s | peak MiB | x official | x faithful "
+        "| 300 epochs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['setting']} ({r['execution']}) | {r['batch']} | {1000 * r['seconds']:.0f} | "
+            f"{r['images_per_s']:.2f} | {r['peak_mib']:.0f} | {r['official_over_ours']:.3f} | "
+            f"{r['faithful_over_ours']:.3f} | {r['projected_hours_300_epochs']:.1f} h |"
+        )
+    official = rows[0]["official_seconds"]
+    out.append(
+        f"\nx official: the official structure's step time over this one's (its mean of "
+        f"{1000 * official[0]:.0f} and {1000 * official[1]:.0f} ms, timed before and after); "
+        "x faithful: the faithful step's over this one's."
+    )
+    return "\n".join(out)
+
+
 def table(results: list[Result]) -> str:
     head = (
         "| case | batch | images/s | ms/step | peak MiB | GFLOP/image | GFLOP/s | of peak "
@@ -291,7 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     use_compile_backend(args.compile_backend)
     results: list[Result] = []
     ratios: list[dict[str, float]] = []
+    switches: list[dict] = []
     for batch in args.batches:
+        if args.switches:
+            switches += measure_switches(args, device, batch)
+            continue
         bench = Bench(args, device, batch)
         bench.run(args.case_list)
         results += bench.results
@@ -301,7 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     models = f"{args.student} <- {args.teacher_adv} + {args.teacher_nat}, width {args.width}"
     threads = torch.get_num_threads()
     print(f"\n{where}, torch {torch.__version__}, {threads} threads, {models}")
-    print("\n" + table(results))
+    if switches:
+        print("\n" + switches_table(switches))
+    if results:
+        print("\n" + table(results))
     for r in results:
         if r.profile:
             print("\n" + profile_table(r))
@@ -320,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": where, "device_type": device.type, "torch": torch.__version__,
             "threads": threads, "args": {k: v for k, v in vars(args).items()},
             "ratio": ratios[0]["ours_over_official"] if len(ratios) == 1 else None,
-            "ratios": ratios, "results": [asdict(r) for r in results],
+            "ratios": ratios, "results": [asdict(r) for r in results], "switches": switches,
         }  # fmt: skip
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return 0

@@ -10,12 +10,15 @@ evaluation leaves out AutoAttack and its sanity checks, and says so). The parts,
 run as subprocesses killed at the part's limit (``bench/acceptance/parts.py``; seconds on a GPU):
 
   environment (30)     versions, the GPUs torch and nvidia-smi see, the optional packages;
-  cuda_tests (150)     ``pytest -m cuda`` (tests/test_cuda.py) with the numbers each test records;
+  cuda_tests (210)     ``pytest -m cuda`` (tests/test_cuda.py) with the numbers each test records;
   pipeline (130)       the five stage scripts by hand, one SIGTERM and resume of the distillation;
   ddp (60)             two processes over NCCL against one, if there are 2 GPUs or more;
-  bench_fp32 (50), bench_bf16_channels_last (50), bench_compile (240: inductor compiles first)
-                       ``bench/bench_step.py`` at batch 128: images/s, peak memory, share of the
-                       card's peak, projected 300-epoch time, ratio to the official structure.
+  bench_fp32 (50)      ``bench/bench_step.py`` at batch 128: images/s, peak memory, share of the
+                       card's peak, projected 300-epoch time, ratio to the official structure;
+  bench_switches (150) the same step with each trick of the attack's fast path alone and all
+                       of them (``--switches``; the compiled twin replayed as CUDA graphs);
+  bench_bf16_channels_last (50), bench_compile (240: inductor compiles first)
+                       the step in bf16 + channels_last, and compiled.
 
 A part gets its limit or what is left of ``--budget`` (480 s), whichever is less; one that would
 start with under 5 s left is skipped. Each command's output goes to ``--logs`` (OUT/logs). The exit

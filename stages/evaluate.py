@@ -33,6 +33,7 @@ def main(params, args, stop=None):
         card=args.card,
         plots=args.plots,
         cost=args.cost,
+        param_grads=not params.run.attack_no_param_grads,
     )
 
 

@@ -365,9 +365,21 @@ def test_new_run_keys_have_their_documented_defaults():
             "precision",
             "channels_last",
             "compile",
+            "attack_fold_bn",
+            "attack_bf16",
+            "attack_no_param_grads",
+            "attack_compile",
+            "teachers_bf16",
             "processes",
             "divergence_factor",
         ]
+    # the attack's fast path is off: the faithful numerics
+    assert (run.attack_fold_bn, run.attack_bf16, run.attack_no_param_grads) == (False,) * 3
+    assert (run.attack_compile, run.teachers_bf16) == ("eager", False) == (
+        RunConfig().attack_compile, RunConfig().teachers_bf16,
+    )  # fmt: skip
+    with pytest.raises(ParamsError, match=r"^run\.attack_compile = 'off': allowed are eager"):
+        parse_params(with_value("run.attack_compile", "off"))
     assert (run.processes, RunConfig().processes) == (1, 1)  # the faithful single process
     assert (run.divergence_factor, RunConfig().divergence_factor) == (1000.0, 1000.0)
     assert parse_params(with_value("run.divergence_factor", None)).run.divergence_factor is None

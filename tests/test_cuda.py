@@ -1,8 +1,9 @@
 """What only a CUDA device can show (``pytest -m cuda``; every test is skipped without CUDA):
-the B-MTARD step in fp32 on CUDA against the CPU step, bf16 + channels_last and a compiled
-student against eager fp32, SyncBatchNorm over NCCL, a saved training state resumed on CUDA,
-a GPU slot claimed with the real ``nvidia-smi -L``, and the fp32 evaluation of a fixed model on
-CUDA against the CPU.
+the B-MTARD step in fp32 on CUDA against the CPU step, bf16 + channels_last, the attack's fast
+path (each switch, and all of them with the twin as CUDA graphs) and a compiled student against
+eager fp32, SyncBatchNorm over NCCL, a saved training state resumed on CUDA, a GPU slot claimed
+with the real ``nvidia-smi -L``, and the fp32 evaluation of a fixed model on CUDA against the
+CPU.
 
 ``bench/gpu_acceptance.py`` runs them and puts the numbers each test records (the gaps it
 measured) in its report: ``record(...)`` appends them to the JSON-lines file named by
@@ -302,6 +303,44 @@ def test_fp32_evaluation_on_cuda_matches_the_cpu(record):
     assert abs(cpu["clean"] - gpu["clean"]) <= 0.5 and abs(cpu["fgsm"] - gpu["fgsm"]) <= 0.5, gpu
     assert all(abs(cpu[k] - gpu[k]) <= 3.0 for k in cpu), (cpu, gpu)
     assert logit_gap < 1e-4, logit_gap
+
+
+def test_attack_fast_path_follows_fp32_on_cuda(record):
+    """The training attack's switches on CUDA (TF32 off) against fp32 eager over 6 steps, with
+    the CPU's bounds (tests/test_attack_fast_path.py): no parameter gradients bit for bit;
+    BatchNorm folded τ identical, w within 1e-4, losses within 0.5 %; the attack and the
+    teachers in bf16, and everything on with the folded twin compiled as CUDA graphs
+    (``run.attack_compile: cudagraphs``, the channels_last layout): τ identical, w within 1e-3,
+    losses within 2 %. Width 1/8 (channels_last needs multiples of 8 only on a CPU; kept alike)."""
+    torch._dynamo.reset()
+    data = batches(len(FACTORS))
+    on = {"attack_fold_bn": True, "attack_bf16": True, "attack_no_param_grads": True,
+          "teachers_bf16": True}  # fmt: skip
+    settings = {
+        "attack_no_param_grads": {"attack_no_param_grads": True},
+        "attack_fold_bn": {"attack_fold_bn": True},
+        "attack_bf16": {"attack_bf16": True},
+        "teachers_bf16": {"teachers_bf16": True},
+        "all": {**on, "channels_last": True, "attack_compile": "cudagraphs"},
+    }
+    with strict_fp32():
+        ref_ex = Execution(device_type="cuda")
+        fp32, _, _ = run_step(ref_ex, ref_ex, data, CUDA, width=0.125)
+        found = {}
+        for name, kw in settings.items():
+            ex = Execution(device_type="cuda", **kw)
+            got, _, sec = run_step(ex, ex, data, CUDA, width=0.125)
+            found[name] = (got, sec)
+    torch._dynamo.reset()
+    g = {name: relative_gaps(fp32, got) for name, (got, _) in found.items()}
+    record(gaps=g, all_first_step_seconds=found["all"][1][0], all_later=found["all"][1][1:])
+    assert found["attack_no_param_grads"][0] == fp32
+    for name, gap in g.items():
+        assert gap["tau_adv"] == 0 and gap["tau_nat"] == 0, (name, gap)
+        bound, share = (1e-4, 0.005) if name in ("attack_fold_bn", "attack_no_param_grads") else (
+            1e-3, 0.02)  # fmt: skip
+        assert gap["w_adv"] < bound and gap["w_nat"] < bound, (name, gap)
+        assert all(gap[k] < share for k in ("loss", "loss_adv", "loss_nat")), (name, gap)
 
 
 def test_compiled_student_follows_eager_on_cuda(record):

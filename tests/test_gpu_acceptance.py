@@ -16,6 +16,7 @@ import pytest
 from bench import gpu_acceptance
 from bench.acceptance import proc, report
 from bench.acceptance.parts import FAIL, PASS, SKIP, Context, Part, junit, verbose_outcomes
+from bmtard.runtime.execution import FAST_PATH
 
 from conftest import ROOT
 
@@ -32,7 +33,8 @@ def test_tiny_cpu_run_passes_every_part(tmp_path):
     parts = {p["name"]: p for p in record["parts"]}
     assert {k: p["status"] for k, p in parts.items()} == {
         "environment": PASS, "cuda_tests": SKIP, "pipeline": PASS, "ddp": SKIP,
-        "bench_fp32": PASS, "bench_bf16_channels_last": PASS, "bench_compile": PASS,
+        "bench_fp32": PASS, "bench_switches": PASS, "bench_bf16_channels_last": PASS,
+        "bench_compile": PASS,
     }  # fmt: skip
     assert record["passed"] and record["total_s"] <= record["budget_s"]
     tests = parts["cuda_tests"]["numbers"]["tests"]
@@ -43,6 +45,10 @@ def test_tiny_cpu_run_passes_every_part(tmp_path):
     assert set(run["metrics"]) >= {"clean", "fgsm", "pgd_sat"}
     for name in ("bench_fp32", "bench_bf16_channels_last", "bench_compile"):
         assert parts[name]["numbers"]["ratio_ours_over_official"] > 0
+    switches = parts["bench_switches"]["numbers"]
+    assert list(switches) == ["faithful", *FAST_PATH, "all"]
+    assert all(s["images_per_s"] > 0 and s["projected_hours_300_epochs"] > 0
+               for s in switches.values())  # fmt: skip
     page = (out / "acceptance.md").read_text()
     assert page.startswith("# GPU acceptance: **PASSED**")
     assert all(f"| {name} |" in page for name in parts)

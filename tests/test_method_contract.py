@@ -68,8 +68,8 @@ def _teachers(seed: int = 3) -> dict[str, torch.nn.Module]:
     }
 
 
-def _build(name: str, alpha: float, precision: str, student, teachers) -> Method:
-    ex = Execution(precision=precision)
+def _build(name: str, alpha: float, precision: str, student, teachers, ex=None) -> Method:
+    ex = ex or Execution(precision=precision)
     ex.student(student)
     roles = method_table.method(name).teachers
     return build_method(

@@ -335,8 +335,9 @@ def test_a_teacher_with_other_settings_is_trained_again(tmp_path, data):
 # --------------------------------------------------------------------------- the evaluation
 
 
-def test_the_evaluation_opens_only_the_students_teachers(tmp_path, data):
-    """A SAT student: no teacher is loaded (both files are placeholders), no transfer check."""
+def _evaluate_sat(tmp_path, data, **kwargs) -> dict:
+    """A SAT student (its teachers' files are placeholders) evaluated by the evaluate stage
+    with PGD and the transfer check; its details.json."""
     from test_evaluate import cfg as eval_cfg
 
     from bmtard.core.io import write_json
@@ -345,18 +346,20 @@ def test_the_evaluation_opens_only_the_students_teachers(tmp_path, data):
     run = RunConfig(seed=0, device="cpu")
     device = runtime.setup(run)
     student = _outputs(tmp_path, "student")
-    run_distill(run, _cfg("sat"), data, device, tmp_path / "none", tmp_path / "none", student)
-    placeholders = {}
-    for role in ("clean", "robust"):
-        out = _stage(role, tmp_path, data, ("sat",))
-        placeholders[role] = out.model
-    (tmp_path / "data").mkdir()
+    if not student.model.exists():
+        run_distill(run, _cfg("sat"), data, device, tmp_path / "none", tmp_path / "none", student)
+    placeholders = {
+        role: _stage(role, tmp_path, data, ("sat",)).model for role in ("clean", "robust")
+    }
+    (tmp_path / "data").mkdir(exist_ok=True)
     save_split(tmp_path / "data" / "test.npz", data.test)
     manifest = json.loads(json.dumps(data.manifest))
     manifest["splits"]["test"]["sha256"] = sha256_file(tmp_path / "data" / "test.npz")
     write_json(tmp_path / "data" / "manifest.json", manifest)
     c = dataclasses.replace(
-        eval_cfg(tmp_path, n_images=32, attacks=["pgd_sat"], eps_curve=[0.0, 8.0]),
+        eval_cfg(
+            tmp_path, n_images=32, attacks=["fgsm", "pgd_sat", "cw_inf"], eps_curve=[0.0, 8.0]
+        ),
         sanity=dataclasses.replace(eval_cfg(tmp_path).sanity, transfer=True, square_queries=10),
     )
     evaluate_pipeline(
@@ -364,11 +367,26 @@ def test_the_evaluation_opens_only_the_students_teachers(tmp_path, data):
         clean_teacher=str(placeholders["clean"]), robust_teacher=str(placeholders["robust"]),
         metrics=str(tmp_path / "eval.json"), details=str(tmp_path / "details.json"),
         card=str(tmp_path / "card.json"), plots=str(tmp_path / "plots"),
-        cost=str(tmp_path / "cost.json"),
+        cost=str(tmp_path / "cost.json"), **kwargs,
     )  # fmt: skip
     details = json.loads((tmp_path / "details.json").read_text())
+    details.pop("cost")
+    return details
+
+
+def test_the_evaluation_opens_only_the_students_teachers(tmp_path, data):
+    """A SAT student: no teacher is loaded (both files are placeholders), no transfer check."""
+    details = _evaluate_sat(tmp_path, data)
     assert details["teachers"] == {}
     assert details["sanity"]["transfer_vs_white_box"]["passed"] is None
+
+
+def test_the_evaluation_with_frozen_parameters_is_the_same_bits(tmp_path, data):
+    """``run.attack_no_param_grads`` freezes the evaluation's models (``param_grads=False``):
+    every number the same, since no input gradient depends on it."""
+    thawed = _evaluate_sat(tmp_path, data)
+    frozen = _evaluate_sat(tmp_path, data, param_grads=False)
+    assert frozen == thawed and thawed["accuracy"]["pgd_sat"] <= thawed["accuracy"]["clean"]
 
 
 def test_the_teacher_stage_names_a_wrong_method_in_one_line():

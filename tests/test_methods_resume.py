@@ -1,6 +1,8 @@
 """The methods that train networks besides the student (CIARD's fine-tuned robust teacher and its
-optimizer, PeerAiD's peer, its optimizer and the weight average) resume after a SIGKILL in the
-middle of an epoch to the same checkpoint bytes and curves as an uninterrupted run (CPU)."""
+optimizer, PeerAiD's peer, its optimizer and the weight average), and B-MTARD with each switch of
+the attack's fast path (``run.attack_*``, ``run.teachers_bf16``) and all of them, resume after a
+SIGKILL in the middle of an epoch to the same checkpoint bytes and curves as an uninterrupted run
+with the same settings (CPU)."""
 
 from __future__ import annotations
 
@@ -22,12 +24,24 @@ SETTINGS = {
 }
 
 
-def _params(method: str) -> dict:
+#: B-MTARD's fast-path settings: each switch alone, and all of them (the compiled twin apart: its
+#: inductor graphs take minutes on a CPU, and it is rebuilt from the student as every twin is)
+SWITCHES = {
+    "attack_fold_bn": {"attack_fold_bn": True},
+    "attack_bf16": {"attack_bf16": True},
+    "attack_no_param_grads": {"attack_no_param_grads": True},
+    "teachers_bf16": {"teachers_bf16": True},
+}
+SWITCHES["all"] = {k: v for kw in SWITCHES.values() for k, v in kw.items()}
+
+
+def _params(method: str, run: dict | None = None) -> dict:
     params = tiny_params()
     d = params["distill"]
     d["method"] = method
-    for section, values in SETTINGS[method].items():
+    for section, values in SETTINGS.get(method, {}).items():
         d[section].update(values)
+    params["run"].update(run or {})
     return params
 
 
@@ -40,20 +54,36 @@ def _results(repo) -> dict:
     return out
 
 
-@pytest.mark.parametrize("method", sorted(SETTINGS))
-def test_a_killed_run_resumes_to_the_same_bytes(prepared, tmp_path, method):  # noqa: F811
+def _killed_and_resumed(prepared, tmp_path, params: dict):  # noqa: F811
+    """An uninterrupted run and one killed mid-epoch then resumed: both repositories."""
     ref = copy_of(prepared, tmp_path / "ref")
-    proc = stage(ref, _params(method), *DISTILL)
+    proc = stage(ref, params, *DISTILL)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    networks = saved_networks(ref / "models" / "student.pt")
-    assert set(networks) == ({"robust_teacher"} if method == "ciard" else {"peer", "swa"})
     repo = copy_of(prepared, tmp_path / "run")
     # killed after the 6th step (epoch 2, batch 2) before its save: the state after the 5th
     kill = {"BMTARD_FAULT": "distill/batch:6", "BMTARD_FAULT_SCOPE": "process"}
-    proc = stage(repo, _params(method), *DISTILL, env=kill)
+    proc = stage(repo, params, *DISTILL, env=kill)
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert not (repo / "models" / "student.pt").exists()
-    proc = stage(repo, _params(method), *DISTILL)
+    proc = stage(repo, params, *DISTILL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the state at epoch 2, batch 1\n" in proc.stderr, proc.stderr[-3000:]
+    return ref, repo
+
+
+@pytest.mark.parametrize("method", sorted(SETTINGS))
+def test_a_killed_run_resumes_to_the_same_bytes(prepared, tmp_path, method):  # noqa: F811
+    ref, repo = _killed_and_resumed(prepared, tmp_path, _params(method))
+    networks = saved_networks(ref / "models" / "student.pt")
+    assert set(networks) == ({"robust_teacher"} if method == "ciard" else {"peer", "swa"})
+    assert _results(repo) == _results(ref)
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_a_killed_run_with_a_fast_path_switch_resumes_to_the_same_bytes(
+    prepared,  # noqa: F811
+    tmp_path,
+    switch,
+):
+    ref, repo = _killed_and_resumed(prepared, tmp_path, _params("bmtard", SWITCHES[switch]))
     assert _results(repo) == _results(ref)

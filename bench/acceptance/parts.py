@@ -223,6 +223,46 @@ def bench(name: str, flags: list[str]) -> Callable[[Context, float], Part]:
     return part
 
 
+def bench_switches(ctx: Context, timeout: float) -> Part:
+    """``bench/bench_step.py --switches``: the B-MTARD step with each trick of the attack's fast
+    path alone and all of them (bmtard.runtime.execution.FAST_PATH; the compiled twin with CUDA
+    graphs on a GPU) against the official structure at batch 128: images/s, peak memory, the
+    projected 300-epoch B-MTARD of each."""
+    name = "bench_switches"
+    out = ctx.logs / f"{name}.json"
+    sizes = (
+        ["--width", "0.125", "--batch", "4", "--warmup", "0", "--steps", "1",
+         "--teacher-adv", "preact_resnet18", "--teacher-nat", "resnet18",
+         "--attack-compile", "inductor", "--compile-backend", "eager"]
+        if ctx.tiny else
+        ["--batch", "128", "--warmup", "2", "--steps", "5", "--attack-compile", "cudagraphs"]
+    )  # fmt: skip
+    cmd = [
+        PYTHON, str(ROOT / "bench" / "bench_step.py"), "--device", ctx.device, *sizes,
+        "--switches", "--json", str(out),
+    ]  # fmt: skip
+    ran = run(cmd, timeout=timeout, log=ctx.logs / f"{name}.log")
+    if not ran.ok:
+        return failed(name, ran, "bench_step --switches")
+    rows = json.loads(out.read_text())["switches"]
+    numbers = {
+        r["setting"]: {
+            "execution": r["execution"], "images_per_s": r["images_per_s"],
+            "peak_mib": r["peak_mib"], "faithful_over_ours": r["faithful_over_ours"],
+            "official_over_ours": r["official_over_ours"],
+            "projected_hours_300_epochs": r["projected_hours_300_epochs"],
+        }
+        for r in rows
+    }  # fmt: skip
+    best = numbers["all"]
+    line = (
+        f"all switches: {best['images_per_s']:.1f} images/s, {best['faithful_over_ours']:.2f}x "
+        f"the faithful step, {best['official_over_ours']:.2f}x the official structure, 300 epochs "
+        f"in {best['projected_hours_300_epochs']:.1f} h; each alone in the numbers"
+    )
+    return Part(name, PASS, line, numbers=numbers)
+
+
 def failed(name: str, ran: Ran, what: str) -> Part:
     status = TIMEOUT if ran.timed_out else FAIL
     end = "killed at its time limit" if ran.timed_out else f"exit code {ran.returncode}"
@@ -233,10 +273,11 @@ def failed(name: str, ran: Ran, what: str) -> Part:
 #: (name, its own time limit in seconds on a GPU, the check), in the order they run
 PARTS: tuple[tuple[str, float, Callable[[Context, float], Part]], ...] = (
     ("environment", 30, environment),
-    ("cuda_tests", 150, cuda_tests),
+    ("cuda_tests", 210, cuda_tests),
     ("pipeline", 130, pipeline),
     ("ddp", 60, ddp),
     ("bench_fp32", 50, bench("bench_fp32", [])),
+    ("bench_switches", 150, bench_switches),
     ("bench_bf16_channels_last", 50,
      bench("bench_bf16_channels_last", ["--precision", "bf16", "--channels-last",
                                         "--nondeterministic"])),

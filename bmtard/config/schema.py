@@ -37,6 +37,7 @@ MethodName = Literal[method_table.NAMES]
 Published = Literal[teacher_table.NAMES]  # the published teachers' names (of any dataset)
 AttackName = Literal[attack_table.NAMES]
 Precision = Literal["fp32", "bf16"]
+AttackCompile = Literal["eager", "inductor", "cudagraphs"]
 #: the training attack's start (bmtard.attacks.pgd)
 TrainInit = Literal["gaussian", "uniform", "uniform_unclamped"]
 #: the lr schedules (bmtard.methods.decays.lr_factor): step decay at the milestones, or CIARD's
@@ -105,6 +106,12 @@ class RunConfig:
     precision: Precision = "fp32"
     channels_last: bool = False  # channels_last memory layout for every model
     compile: bool = False  # torch.compile every model's forward (helps on GPUs, rarely on CPUs)
+    # the training attack's fast path (bmtard/runtime/execution.py), each off by default:
+    attack_fold_bn: bool = False  # BatchNorm folded into the convolutions (eval-mode attacks)
+    attack_bf16: bool = False  # the attack's forwards and backward under bf16 autocast
+    attack_no_param_grads: bool = False  # no parameter gradients in any attack (exact)
+    attack_compile: AttackCompile = "eager"  # the attacked student compiled; cudagraphs on CUDA
+    teachers_bf16: bool = False  # the teachers held and run in bf16
     # processes per training stage (torchrun workers, data parallel, one GPU each; 1 = the
     # faithful single process); each takes an equal share of every batch (bmtard.core.distributed)
     processes: int = _spec(1, ge=1, le=MAX_PROCESSES)

@@ -167,12 +167,15 @@ def evaluate_pipeline(
     card: str,
     plots: str,
     cost: str,
+    param_grads: bool = True,
 ) -> None:
     """The evaluate stage: the protocol and sanity checks on the student (the robust teacher is
     the transfer source), a check of each teacher the student learnt from (its training record
     names them; a method without teachers gets no transfer check), then every output file (the
     card with what every stage cost: the ``.cost.json`` beside each model, and the evaluation's
-    own, written to ``cost``); the resume state is dropped once they are written."""
+    own, written to ``cost``); the resume state is dropped once they are written.
+    ``param_grads`` False (``run.attack_no_param_grads``): every model's parameters are frozen,
+    which changes no input gradient, so no number (tests/test_attack_fast_path.py)."""
     check_resume_dir(cfg)
     meter = CostMeter("evaluate", device)
     model, info = load_model(student, device)
@@ -181,6 +184,9 @@ def evaluate_pipeline(
     teachers = {
         role: load_model(paths[role], device) for role in paths if role in info.record.teachers
     }
+    if not param_grads:
+        for net in (model, *(t for t, _ in teachers.values())):
+            net.requires_grad_(False)
     checked = [(student, info, "the student")]
     for role, (_, tinfo) in teachers.items():
         check_role(paths[role], tinfo, f"{role}_teacher")

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -31,8 +30,7 @@ def teacher_forward(teacher: nn.Module, x: Tensor, execution: Execution) -> Tens
     """The teacher's logits (N, K) in fp32 **with** autograd's graph back to the input (the
     teacher's own parameters stay frozen): its forward on an input of its dtype (bf16 when the
     execution holds teachers in bf16), outside the student's autocast."""
-    dtype = torch.bfloat16 if execution.bf16 else x.dtype
-    return logits32(teacher(execution.layout(x).to(dtype)))
+    return logits32(teacher(execution.layout(x).to(execution.teacher_dtype(x))))
 
 
 def adaad_attack(
@@ -56,10 +54,11 @@ def adaad_attack(
     net = student.module if isinstance(student, DistributedDataParallel) else student
     net.eval()
     teacher.eval()
+    target = ex.attack_model(net)
 
     def objective(x_adv: Tensor) -> Tensor:
-        with ex.autocast():
-            z_s = logits32(net(x_adv))
+        with ex.attack_autocast():
+            z_s = logits32(target(x_adv))
         p_t = F.softmax(teacher_forward(teacher, x_adv, ex), dim=1)
         # nn.KLDivLoss(reduction='none'), then torch.sum
         return F.kl_div(F.log_softmax(z_s, dim=1), p_t, reduction="none").sum()

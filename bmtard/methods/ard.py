@@ -47,8 +47,8 @@ class ARD(Method):
         ex = self.execution
         x = ex.layout(x)
         model.train()
-        with ex.autocast():
-            x_adv = pgd_ce(model, x, y, **self.attack.pgd_args())
+        with ex.attacking(model) as target:
+            x_adv = pgd_ce(target, x, y, **self.attack.pgd_args())
         return {"x": x, "y": y, "x_adv": x_adv}
 
     def batch_loss(

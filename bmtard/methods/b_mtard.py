@@ -56,8 +56,8 @@ class BMTARD(Method):
         ex = self.execution
         x = ex.layout(x)
         model.eval()  # BN uses running statistics while crafting
-        with ex.autocast():
-            x_adv = pgd_ce(model, x, y, **self.attack.pgd_args())
+        with ex.attacking(model) as target:
+            x_adv = pgd_ce(target, x, y, **self.attack.pgd_args())
         return {"x": x, "y": y, "x_adv": x_adv}
 
     def start_epoch(self, epoch: int) -> None:

@@ -235,8 +235,8 @@ class CIARD(Method):
             with torch.no_grad(), ex.autocast():
                 teacher(x)
         model.eval()  # 4. BN on running statistics while crafting
-        with ex.autocast():
-            x_adv = pgd_ce(model, x, y, **self.attack.pgd_args())
+        with ex.attacking(model) as target:
+            x_adv = pgd_ce(target, x, y, **self.attack.pgd_args())
         model.train()
         with ex.autocast():  # 5.
             z_sa = logits32(model(x_adv))

@@ -266,9 +266,10 @@ class PeerAiD(Method):
             ).sum()
 
         model.eval()
+        with ex.attacking(model) as target:
+            x_adv = pgd(target, x, kl_sum, **self.attack.pgd_args())
+        model.train()
         with ex.autocast():
-            x_adv = pgd(model, x, kl_sum, **self.attack.pgd_args())
-            model.train()
             z_p = logits32(peer(x_adv))
             z_s1 = logits32(model(x_adv))
             z_s = logits32(model(x_adv)) if self.second_student_forward else z_s1

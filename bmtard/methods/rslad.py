@@ -55,8 +55,8 @@ class RSLAD(Method):
             return F.kl_div(F.log_softmax(logits32(logits), dim=1), p_t, reduction="none").sum()
 
         model.eval()
-        with ex.autocast():
-            x_adv = pgd(model, x, kl_sum, **self.attack.pgd_args())
+        with ex.attacking(model) as target:
+            x_adv = pgd(target, x, kl_sum, **self.attack.pgd_args())
         return {"x": x, "y": y, "x_adv": x_adv, "p_t": p_t}
 
     def batch_loss(

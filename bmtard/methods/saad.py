@@ -101,6 +101,7 @@ def saad_attack(
     net = student.module if isinstance(student, DistributedDataParallel) else student
     net.eval()
     teacher.eval()
+    target = ex.attack_model(net)
     x = x.detach()
     x_in = x.clone().requires_grad_(True)
     with torch.enable_grad():
@@ -112,8 +113,8 @@ def saad_attack(
     def objective(x_adv: Tensor) -> Tensor:
         shift = linearization * torch.einsum("bchw,bchw->b", g, x_adv - x)
         corrected = z_t.scatter_add(1, y[:, None], shift[:, None])
-        with ex.autocast():
-            z_s = logits32(net(x_adv))
+        with ex.attack_autocast():
+            z_s = logits32(target(x_adv))
         # nn.KLDivLoss(reduction='sum')
         return F.kl_div(F.log_softmax(z_s, dim=1), F.softmax(corrected, dim=1), reduction="sum")
 

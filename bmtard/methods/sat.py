@@ -28,9 +28,10 @@ class PGDAT(Method):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         a, ex = self.attack, self.execution
         model.eval()
+        with ex.attacking(model) as target:
+            x_adv = pgd_ce(target, ex.layout(x), y, **a.pgd_args())
+        model.train()
         with ex.autocast():
-            x_adv = pgd_ce(model, ex.layout(x), y, **a.pgd_args())
-            model.train()
             logits = logits32(model(x_adv))
         loss = F.cross_entropy(logits, y)
         acc = 100 * (logits.argmax(1) == y).float().mean()  # %

@@ -35,15 +35,16 @@ class TRADES(Method):
         a, ex = self.attack, self.execution
         x = ex.layout(x)
         model.eval()
-        with ex.autocast():
+        with ex.attacking(model) as target:  # the clean prediction is the attack's target
             with torch.no_grad():
-                p_clean = F.softmax(logits32(model(x)), dim=1)
+                p_clean = F.softmax(logits32(target(x)), dim=1)
 
             def kl_sum(logits: Tensor) -> Tensor:  # fp32, whatever the autocast
                 return F.kl_div(F.log_softmax(logits32(logits), dim=1), p_clean, reduction="sum")
 
-            x_adv = pgd(model, x, kl_sum, **a.pgd_args())
-            model.train()
+            x_adv = pgd(target, x, kl_sum, **a.pgd_args())
+        model.train()
+        with ex.autocast():
             logits = logits32(model(x))
             logits_adv = logits32(model(x_adv))
         natural = F.cross_entropy(logits, y)

@@ -37,7 +37,7 @@ from bmtard.data.stage_data import StageData
 from bmtard.evaluation.accuracy import monitor as run_monitor
 from bmtard.methods.contract import Method
 from bmtard.models.checkpoint import ModelSpec, TrainingRecord, save_model, saved_record
-from bmtard.runtime.execution import Execution
+from bmtard.runtime.execution import UNUSED_BY, Execution
 from bmtard.training.loop import (
     LossLimit,
     NoSaver,
@@ -97,9 +97,11 @@ def loss_limit(run: RunConfig, num_classes: int) -> LossLimit | None:
     return LossLimit(factor * math.log(max(num_classes, 2)), rule)
 
 
-def run_record(run: RunConfig) -> dict:
-    """The run settings that shape the result (all but how the state is saved)."""
-    return {k: v for k, v in to_dict(run).items() if k not in NOT_IN_KEY}
+def run_record(run: RunConfig, section: str) -> dict:
+    """The run settings that shape the result of stage ``section``: all but how the state is
+    saved and the switches the stage has no use for (``bmtard.runtime.execution.UNUSED_BY``)."""
+    unused = (*NOT_IN_KEY, *UNUSED_BY.get(section, ()))
+    return {k: v for k, v in to_dict(run).items() if k not in unused}
 
 
 def result_key(section: str, record: TrainingRecord) -> str:
@@ -151,7 +153,7 @@ def train_and_save(
     """
     (execution or Execution()).student(model)
     stop = StopRequest() if stop is None else stop  # (an unset request is falsy)
-    record = dataclasses.replace(record, run=run_record(run))
+    record = dataclasses.replace(record, run=run_record(run, section))
     key = result_key(section, record)  # before training: later imports must not change it
     store = StateStore(state_root(run), section, state_key(key, outputs.model))
     model_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
@@ -255,7 +257,7 @@ def finished_before(section: str, outputs: Outputs, record: TrainingRecord, run:
     already finished. Its outputs are then in place, or are put back from the last good copy
     (Snakemake deletes them before it reruns a job), and nothing needs training. A run whose
     training state is still saved has not finished."""
-    record = dataclasses.replace(record, run=run_record(run))
+    record = dataclasses.replace(record, run=run_record(run, section))
     key = result_key(section, record)
     store = StateStore(state_root(run), section, state_key(key, outputs.model))
     if store.path is not None and store.path.exists():

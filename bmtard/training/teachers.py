@@ -125,7 +125,9 @@ def _import(
                 "wrong file, input normalization or data shows up so (%s)", section,
                 entry.name, n, "; ".join(far), entry.reported_by,
             )  # fmt: skip
-    record = dataclasses.replace(record, run=run_record(run), selected_metrics=metrics, key=None)
+    record = dataclasses.replace(
+        record, run=run_record(run, section), selected_metrics=metrics, key=None
+    )
     record = dataclasses.replace(record, key=result_key(section, record))
     with Tracker(outputs.live, outputs.tb) as tracker:
         tracker.log(0, metrics)
