@@ -60,7 +60,8 @@ from bench.measure import (  # noqa: E402,F401 (flops_of: the tests' entry)
 )
 from bmtard.config.schema import RunConfig  # noqa: E402
 from bmtard.models import ARCHS  # noqa: E402
-from bmtard.runtime.execution import FAST_PATH, Execution, threads_given  # noqa: E402
+from bmtard.runtime.device import threads_given  # noqa: E402
+from bmtard.runtime.execution import FAST_PATH, Execution  # noqa: E402
 
 TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # CIFAR
 EPOCHS = {"bmtard": 300, "trades": 76}  # the paper's runs (params.yaml)

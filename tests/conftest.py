@@ -26,7 +26,7 @@ from bmtard.data.loader import to_tensor
 from bmtard.data.splits import Split
 
 os.environ["OMP_NUM_THREADS"] = (
-    "1"  # the stages the tests start (bmtard.runtime.execution.threads_given)
+    "1"  # the stages the tests start (bmtard.runtime.device.threads_given)
 )
 
 ROOT = Path(__file__).resolve().parents[1]

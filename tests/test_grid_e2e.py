@@ -189,7 +189,8 @@ def test_snakemake_grid_over_teachers_grows_without_rerunning(tmp_path):
     (repo / "grid.yaml").write_text(yaml.safe_dump({"grid": TEACHER_GRID}))
     run(repo, *SNAKEMAKE, "--configfile", "grid.yaml")
     grown = [TEACHER_GRID, {**TEACHER_GRID, "clean_teacher.published": ["MTARD_ResNet56"]}]
-    (repo / "grown.yaml").write_text(yaml.safe_dump({"grid": grown}))
+    # in the order written: the new experiment's name ends with its teacher
+    (repo / "grown.yaml").write_text(yaml.safe_dump({"grid": grown}, sort_keys=False))
     plan = run(repo, *SNAKEMAKE, "--configfile", "grown.yaml", "-n")
     new = f"method-mtard_seed-0_{IMPORTED}"
     assert _planned(plan.stdout + plan.stderr) == sorted(

@@ -13,6 +13,7 @@ from bmtard.config import method_table
 from bmtard.config.schema import Params, RunConfig, to_dict
 from bmtard.core.cost import cost_path
 from bmtard.experiments.workflow import is_code, stage_module
+from bmtard.runtime.execution import UNUSED_BY
 
 from conftest import ROOT
 from pipeline_helpers import BIN, REPORT_RULES, copy_project, run
@@ -66,11 +67,14 @@ def test_data_paths_in_deps_and_outs_are_the_ones_the_command_names(name):
 
 def test_params_sections_exist_and_stages_read_only_their_own():
     sections = set(to_dict(Params()))
-    run_but_seed = {f"run.{k}" for k in to_dict(RunConfig()) if k != "seed"}
+    def teacher_run(role: str) -> set[str]:  # the teachers' own seeds; not the switches unused
+        unused = {"seed", *UNUSED_BY.get(role, ())}
+        return {f"run.{k}" for k in to_dict(RunConfig()) if k not in unused}
+
     own = {
         "download": {"data"},
-        "train_clean_teacher": run_but_seed | {"clean_teacher"},  # the teachers' own seeds
-        "train_robust_teacher": run_but_seed | {"robust_teacher"},
+        "train_clean_teacher": teacher_run("clean_teacher") | {"clean_teacher"},
+        "train_robust_teacher": teacher_run("robust_teacher") | {"robust_teacher"},
         "distill": {"run", "distill"},
         "evaluate": {"run", "evaluate"},
     }

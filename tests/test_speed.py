@@ -19,7 +19,8 @@ from bmtard.methods.b_mtard import BMTARD
 from bmtard.methods.balance import Balance
 from bmtard.methods.reference import FloatBalance, official_step
 from bmtard.models import build_model
-from bmtard.runtime.execution import Execution, threads_given
+from bmtard.runtime.device import threads_given
+from bmtard.runtime.execution import Execution
 
 from training_helpers import random_split
 

@@ -3,7 +3,9 @@ adversarial training methods, on tiny in-memory data and tiny models (CPU, secon
 
 import copy
 import csv
+import dataclasses
 import json
+import logging
 import math
 
 import pytest
@@ -552,6 +554,26 @@ def test_distill_end_to_end(tmp_path, data, rule):
     acc.Reload()
     assert [s.step for s in acc.Scalars("tau_adv")] == [1, 2, 3]
     assert [s.step for s in acc.Scalars("pgd_acc")] == [1, 3]
+
+
+def test_distill_keeps_its_finished_result(tmp_path, data, caplog):
+    """The same distillation again (same key: parameters, inputs, code) trains nothing and leaves
+    every output's bytes as they are; another parameter trains again."""
+    clean, robust = _teachers(tmp_path)
+    run = RunConfig(seed=0, device="cpu")
+    out = tmp_path / "student.pt"
+    outputs = _outputs(tmp_path, out, "distill")
+    cfg = dataclasses.replace(_distill_cfg("last"), optim=OptimConfig(epochs=1, batch_size=32))
+    assert run_distill(run, cfg, data, CPU, clean, robust, outputs) is not None
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file() and "distill" in str(p))
+    before = {p: p.read_bytes() for p in [out, *files]}
+    with caplog.at_level(logging.INFO):
+        assert run_distill(run, cfg, data, CPU, clean, robust, outputs) is None
+    assert "is this run's finished result: kept" in caplog.text
+    assert {p: p.read_bytes() for p in before} == before
+    other = dataclasses.replace(cfg, optim=OptimConfig(epochs=1, batch_size=32, lr=0.05))
+    assert run_distill(run, other, data, CPU, clean, robust, outputs) is not None
+    assert out.read_bytes() != before[out]
 
 
 @pytest.mark.parametrize("which", ["clean", "robust"])

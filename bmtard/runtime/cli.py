@@ -14,7 +14,7 @@ from bmtard.config.schema import Params
 from bmtard.core import distributed, faults, gpu_slots, launch, project_lock
 from bmtard.core.errors import BmtardError, Interrupted
 from bmtard.core.stop import StopRequest, graceful_stop
-from bmtard.runtime.execution import threads_given
+from bmtard.runtime.device import threads_given
 
 
 def run_main(body: Callable[[], None]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -10,7 +11,26 @@ import torch
 from bmtard.config.schema import RunConfig
 from bmtard.core import distributed
 from bmtard.core.errors import ParamsError
-from bmtard.runtime.execution import threads_given
+
+
+def threads_given(run: RunConfig) -> int:
+    """The CPU threads this process may use: ``run.num_threads`` when set, else what the engine or
+    the scheduler granted (``SLURM_CPUS_PER_TASK``; ``OMP_NUM_THREADS``, which Snakemake sets to a
+    rule's ``threads``), else the CPUs this process may run on. A torchrun worker
+    (``LOCAL_WORLD_SIZE`` set) takes ``OMP_NUM_THREADS``: its share, which ``bmtard.core.launch``
+    sets.
+    """
+    if run.num_threads:
+        return run.num_threads
+    worker = "LOCAL_WORLD_SIZE" in os.environ
+    for var in ("OMP_NUM_THREADS",) if worker else ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -29,7 +49,7 @@ def resolve_device(name: str) -> torch.device:
 
 def setup(run: RunConfig, *, parallel: bool = False) -> torch.device:
     """Seed every RNG, set determinism, and use the CPU threads this process was given
-    (``bmtard.runtime.execution.threads_given``: never every core of a shared node); return the
+    (``threads_given``: never every core of a shared node); return the
     device.
 
     ``parallel``: a training stage, which runs as ``run.processes`` torchrun workers when that

@@ -1,4 +1,5 @@
-"""How the training stages run their models: precision, memory layout, compilation, threads.
+"""How the training stages run their models: precision, memory layout, compilation (the CPU
+threads are set by ``bmtard.runtime.device``).
 
 The faithful path is fp32, NCHW, eager (the official code's numerics). The fast path is a
 parameter each (``run.precision``, ``run.channels_last``, ``run.compile``, and the training
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -229,23 +229,3 @@ def refuse_onednn_hang(model: nn.Module) -> None:
 def logits32(z: Tensor) -> Tensor:
     """Logits for the losses: fp32 whatever the autocast produced."""
     return z.float()
-
-
-def threads_given(run: RunConfig) -> int:
-    """The CPU threads this process may use: ``run.num_threads`` when set, else what the engine or
-    the scheduler granted (``SLURM_CPUS_PER_TASK``; ``OMP_NUM_THREADS``, which Snakemake sets to a
-    rule's ``threads``), else the CPUs this process may run on. A torchrun worker
-    (``LOCAL_WORLD_SIZE`` set) takes ``OMP_NUM_THREADS``: its share, which ``bmtard.core.launch``
-    sets.
-    """
-    if run.num_threads:
-        return run.num_threads
-    worker = "LOCAL_WORLD_SIZE" in os.environ
-    for var in ("OMP_NUM_THREADS",) if worker else ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

@@ -14,6 +14,7 @@ from torch import nn
 from bmtard.config import method_table
 from bmtard.config.method_table import CLEAN, ROBUST
 from bmtard.config.schema import DistillConfig, RunConfig, to_dict
+from bmtard.core.distributed import on_main
 from bmtard.core.provenance import code_version
 from bmtard.core.stop import StopRequest
 from bmtard.data.stage_data import StageData
@@ -30,7 +31,7 @@ from bmtard.models.checkpoint import (
 )
 from bmtard.runtime.execution import Execution
 from bmtard.training.selection import Selection
-from bmtard.training.stage import Outputs, check_state_dir, train_and_save
+from bmtard.training.stage import Outputs, check_state_dir, finished_before, train_and_save
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,12 @@ def run_distill(
     robust_teacher: Path,
     outputs: Outputs,
     stop: StopRequest | None = None,
-) -> Selection:
+) -> Selection | None:
     """Train a ``cfg.arch`` student with ``cfg.method``; save the selected epoch to
     ``outputs.model``. A teacher path is read only if the method learns from that teacher. Nulls
-    in ``cfg`` take the method's and the data's dataset's values (``DistillConfig.resolved``)."""
+    in ``cfg`` take the method's and the data's dataset's values (``DistillConfig.resolved``).
+    None where this very run (the same key) already finished: its outputs are kept as they are
+    (DVC reruns the stage after an edit of code it does not import, e.g. another method's)."""
     check_state_dir(run)
     cfg = cfg.resolved(data.dataset)
     ex = Execution.from_config(run, device)
@@ -124,6 +127,9 @@ def run_distill(
         },
         code=code_version(),
     )
+    # here, with the method's module imported: the key hashes the code loaded so far
+    if on_main(lambda: finished_before("distill", outputs, record, run)):
+        return None
     return train_and_save(
         student,
         method,
