@@ -161,14 +161,19 @@ def snakemake_ran(output: str, report: bool = False) -> list[str]:
 #: files that hold wall times: a stage's cost, and the files that gather the costs
 COST_FILE = "cost.json"
 WITH_COST = (".card.json", "details.json")
+#: a model card's page (bmtard/experiments/pages.py) holds the cost in a section of its own
+COST_SECTION = re.compile(rb'<section class="cost">.*?</section>', re.S)
 
 
 def timeless(name: str, data: bytes) -> bytes | None:
     """A pipeline file as two runs of the same settings must agree on it (an interrupted one,
     another engine's): None for a cost file (bmtard/core/cost.py: wall times), a model card or
-    details.json without its ``cost``, any other file as it is."""
+    details.json without its ``cost``, a card's page without its cost section, any other file
+    as it is."""
     if name.endswith(COST_FILE):
         return None
+    if name.endswith("card.html"):
+        return COST_SECTION.sub(b"", data)
     if name.endswith(WITH_COST):
         content = json.loads(data)
         content.pop("cost", None)

@@ -67,6 +67,7 @@ def test_data_paths_in_deps_and_outs_are_the_ones_the_command_names(name):
 
 def test_params_sections_exist_and_stages_read_only_their_own():
     sections = set(to_dict(Params()))
+
     def teacher_run(role: str) -> set[str]:  # the teachers' own seeds; not the switches unused
         unused = {"seed", *UNUSED_BY.get(role, ())}
         return {f"run.{k}" for k in to_dict(RunConfig()) if k not in unused}

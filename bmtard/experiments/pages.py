@@ -125,7 +125,9 @@ def card_page(card: dict[str, Any]) -> str:
     }
     body = f"<h2>{escape(str(name))}</h2>{nested(head)}"
     if card.get("cost"):
-        body += f"<h3>What it cost</h3>{table(cost_rows(card['cost']))}"
+        # a section of its own: the one part of the page that differs between two runs alike
+        body += f'<section class="cost"><h3>What it cost</h3>{table(cost_rows(card["cost"]))}'
+        body += "</section>"
     rest = {k: v for k, v in card.items() if k != "cost"}
     body += f"<h3>Every field of the card</h3>{nested(rest)}"
     return document(f"model card: {name}", body)
