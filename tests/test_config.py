@@ -164,6 +164,13 @@ def with_value(dotted, value):
         ("run.save_every_minutes", 10081, "run.save_every_minutes = 10081: must be <= 10080"),
         ("run.save_every_minutes", "10m", "run.save_every_minutes = '10m': expected a number"),
         ("run.state_dir", 3, "run.state_dir = 3: expected a string"),
+        (  # a bare `off` in YAML
+            "run.attack_compile",
+            False,
+            "run.attack_compile = False: expected one of eager, inductor, cudagraphs "
+            "(YAML reads a bare off/on/no/yes as a boolean: quote it)",
+        ),
+        ("run.attack_compile", 1, "run.attack_compile = 1: expected a string"),
         ("clean_teacher", [1, 2], "clean_teacher = [1, 2]: expected a mapping with keys arch"),
     ],
 )

@@ -40,8 +40,11 @@ def _env(tmp_path: Path, gpus: str) -> dict[str, str]:
 
 
 def _job(tmp_path: Path, i: int, hold: float, env: dict[str, str]) -> subprocess.Popen:
+    # Written once: rewriting it for each launch truncates it under a job that is still reading
+    # it, and Python runs the empty file, exits 0 and records nothing.
     script = tmp_path / "job.py"
-    script.write_text(JOB)
+    if not script.exists():
+        script.write_text(JOB)
     out = tmp_path / f"job{i}.json"
     return subprocess.Popen([sys.executable, str(script), str(out), str(hold)], env=env)
 

@@ -148,9 +148,14 @@ def _convert(tp: Any, value: Any, key: str, rules: Any, complete: bool) -> Any:
     origin = typing.get_origin(tp)
     if origin is typing.Literal:  # a closed vocabulary: exactly one of its values
         allowed = typing.get_args(tp)
+        names = ", ".join(map(str, allowed))
+        if isinstance(value, bool) and not isinstance(allowed[0], bool):
+            # YAML 1.1 reads a bare off/on/no/yes as a boolean: say so, not just "a string"
+            why = "YAML reads a bare off/on/no/yes as a boolean: quote it"
+            raise ParamsError(f"{key} = {_show(value)}: expected one of {names} ({why})")
         out = _scalar(type(allowed[0]), value, key)
         if out not in allowed:
-            raise ParamsError(f"{key} = {_show(value)}: allowed are {', '.join(map(str, allowed))}")
+            raise ParamsError(f"{key} = {_show(value)}: allowed are {names}")
         return out
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
